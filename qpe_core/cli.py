@@ -1,0 +1,232 @@
+"""The ``qpe`` command line.  Thin: every command calls functions of :mod:`qpe_core`.
+
+User errors (:class:`QpeError`) print one red line and exit 2; ``--debug`` shows the
+traceback.  Long work shows a rich progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from qpe_core.errors import QpeError
+
+app = typer.Typer(help="Satellite rainfall estimation from MSG SEVIRI.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+ingest_app = typer.Typer(help="Ingest real SEVIRI or radar files into an archive cube.", no_args_is_help=True)
+archive_app = typer.Typer(help="Inspect archive cubes.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(archive_app, name="archive")
+
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False, "config": None}
+
+Area = Annotated[Optional[str], typer.Option("--area", help="target grid (see `qpe areas`)")]
+ArchiveUrl = Annotated[Optional[str], typer.Option("--archive", help="archive cube path or s3:// URL")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+          config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file")] = None):
+    _state.update(debug=debug, config=config)
+
+
+def settings(**overrides):
+    from qpe_core.config import load_settings
+
+    return load_settings(_state["config"], **overrides)
+
+
+@contextmanager
+def progress_bar(total: int, what: str):
+    """A rich progress bar on stderr; yields a callback advancing it by one with a label."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[label]}"), console=err,
+                   disable=not err.is_terminal and total < 2)
+    with bar:
+        task = bar.add_task(what, total=total, label="")
+        yield lambda label="": bar.update(task, advance=1, label=label)
+
+
+def _open_archive(url: str | None, area: str, channels: list[str], slot_minutes: int):
+    from qpe_core.archive import Archive
+
+    return Archive.open_or_create(url, area, channels, slot_minutes)
+
+
+@app.command()
+def areas():
+    """List the named target grids."""
+    from qpe_core.grids import GRIDS
+
+    table = Table("name", "projection", "size (x × y)", "pixel", "description")
+    for spec in GRIDS.values():
+        res = spec.resolution_m
+        table.add_row(spec.name, spec.crs.split(" +x_0")[0], f"{spec.width} × {spec.height}",
+                      f"{res[0] / 1000:g} km", spec.description)
+    out.print(table)
+
+
+def _print_report(report) -> None:
+    from qpe_core.timeutil import iso
+
+    for r in report.results:
+        when = iso(r.time) if r.time is not None else "?"
+        if r.status == "written":
+            out.print(f"[green]written[/] {r.kind} {when} coverage {r.coverage:.1%} in {r.seconds:.2f} s")
+        else:
+            err.print(f"[red]failed[/] {r.kind} {when}: {r.reason}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@ingest_app.command("seviri")
+def ingest_seviri_cmd(
+    files: Annotated[list[Path], typer.Argument(help="native, HRIT, netCDF, zip or Satip .zarr.zip files")],
+    area: Area = None, archive: ArchiveUrl = None,
+    channels: Annotated[Optional[str], typer.Option(help="comma-separated channels (default: config)")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="resampling look-up table cache")] = None,
+):
+    """Calibrate SEVIRI granules, resample them to the grid and write them to the archive."""
+    from qpe_core.ingest import ingest_seviri, seviri_units
+
+    cfg = settings(area=area, channels=channels, archive_url=archive, cache_dir=cache_dir)
+    units = seviri_units(files)
+    arc = _open_archive(cfg.resolved_archive_url(), cfg.area, cfg.channels, cfg.slot_minutes)
+    with progress_bar(len(units), "ingest seviri") as step:
+        report = ingest_seviri(files, arc, cache_dir=cfg.cache_dir, progress=step)
+    _print_report(report)
+
+
+@ingest_app.command("radar")
+def ingest_radar_cmd(
+    files: Annotated[list[Path], typer.Argument(help="OPERA ODIM HDF5 or MeteoNet npz files")],
+    area: Area = None, archive: ArchiveUrl = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="regridding look-up table cache")] = None,
+):
+    """Convert radar composites to rain rate (mm/h) on the grid and write them to the archive."""
+    from qpe_core.ingest import ingest_radar
+
+    cfg = settings(area=area, archive_url=archive, cache_dir=cache_dir)
+    if not files:
+        raise QpeError("no radar files given")
+    arc = _open_archive(cfg.resolved_archive_url(), cfg.area, cfg.channels, cfg.slot_minutes)
+    with progress_bar(len(files), "ingest radar") as step:
+        report = ingest_radar(files, arc, cache_dir=cfg.cache_dir, progress=step)
+    _print_report(report)
+
+
+@app.command()
+def simulate(
+    start: Annotated[str, typer.Option(help="first slot, ISO UTC, e.g. 2024-06-01T00:00Z")],
+    periods: Annotated[int, typer.Option(help="number of slots", min=1)] = 96,
+    area: Area = None, archive: ArchiveUrl = None,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same data)")] = 0,
+):
+    """Simulate co-located SEVIRI and radar slots and write them to the archive."""
+    from qpe_core.simulate_archive import simulate_to_archive
+
+    cfg = settings(area=area, archive_url=archive)
+    arc = _open_archive(cfg.resolved_archive_url(), cfg.area, cfg.channels, cfg.slot_minutes)
+    with progress_bar(periods, "simulate") as step:
+        stats = simulate_to_archive(arc, start, periods, seed, progress=step)
+    out.print(f"simulated {stats['slots']} slots into {arc.url} "
+              f"({stats['slots_per_s']:.1f} slots/s, mean wet fraction {stats['wet_fraction']:.1%})")
+
+
+@archive_app.command("info")
+def archive_info(url: Annotated[str, typer.Argument(help="archive cube path or s3:// URL")],
+                 as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False):
+    """Print times, channels, coverage and gaps of an archive."""
+    from qpe_core.archive import Archive, summarize
+
+    info = summarize(Archive.open(url))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    out.print(f"[bold]{info['url']}[/]  area {info['area']}  slot {info['slot_minutes']} min  "
+              f"origin {info['time_origin']}  allocated {info['allocated_slots']} slots")
+    out.print(f"channels: {', '.join(info['channels'])}")
+    table = Table("kind", "slots", "first", "last", "mean coverage", "min coverage", "gaps", "missing")
+    for kind in ("bt", "rain"):
+        k = info[kind]
+        cov = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+        table.add_row(kind, str(k["slots"]), k["first"] or "-", k["last"] or "-", cov(k["mean_coverage"]),
+                      cov(k["min_coverage"]), str(len(k["gaps"])), str(k["missing_slots"]))
+    out.print(table)
+    for kind in ("bt", "rain"):
+        for g in info[kind]["gaps"][:20]:
+            out.print(f"  gap in {kind}: {g['from']} .. {g['to']} ({g['slots']} slots)")
+    out.print(f"slots with both SEVIRI and radar: {info['paired_slots']}")
+
+
+@archive_app.command("stack")
+def archive_stack(url: Annotated[str, typer.Argument(help="archive cube path or s3:// URL")],
+                  time: Annotated[str, typer.Option(help="valid time, ISO UTC")],
+                  lags: Annotated[Optional[str], typer.Option(help="comma-separated minutes")] = None,
+                  gaps: Annotated[Optional[str], typer.Option(help="'error' or 'mask'")] = None):
+    """Assemble the temporal stack for one valid time and print a summary."""
+    from qpe_core.archive import Archive
+    from qpe_core.stack import temporal_stack
+
+    cfg = settings(lags=lags, stack_gaps=gaps)
+    st = temporal_stack(Archive.open(url), time, cfg.lags, gaps=cfg.stack_gaps)
+    for k, lag in enumerate(st["lag"].values):
+        bt = st["bt"].isel(lag=k)
+        out.print(f"lag {int(lag):4d} min  slot {str(st['slot_time'].values[k])[:16]}  "
+                  f"available {int(st['available'][k])}  valid {float(st['valid'][k].mean()):.1%}  "
+                  f"mean bt {float(bt.mean()):.1f} K")
+
+
+@app.command()
+def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,ingest")] = "simulator",
+          slots: Annotated[int, typer.Option(help="simulator slots")] = 1000):
+    """Measure throughput; prints JSON on stdout."""
+    from qpe_core.benchmarks import run_benchmarks
+
+    print(json.dumps(run_benchmarks(what.split(","), n_slots=slots), indent=2))
+
+
+@app.command()
+def demo(workdir: Annotated[Path, typer.Option(help="where the demo archive goes")] = Path("data/demo"),
+         periods: Annotated[int, typer.Option(help="slots to simulate")] = 96):
+    """The embedded default end to end: simulate a day, archive it, stack the last slot, summarise."""
+    from qpe_core.demo import run_demo
+
+    run_demo(workdir, periods, console=out, progress_bar=progress_bar)
+
+
+def main() -> None:
+    """Console-script entry point with one-line user errors."""
+    try:
+        app(standalone_mode=False)
+    except QpeError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own formatting
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
