@@ -37,3 +37,35 @@ def run_qpe(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "qpe_core.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """Endpoint URL of a local S3-compatible server (moto) with credentials in the environment."""
+    from s3server import moto_s3
+
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        with moto_s3() as url:
+            yield url
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh bucket on the local S3 server; returns (bucket, storage_options)."""
+    import uuid
+
+    import s3fs
+
+    opts = {"endpoint_url": s3_endpoint}
+    name = f"qpe-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem(**opts).mkdir(name)
+    return name, opts
