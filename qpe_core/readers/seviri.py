@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -199,10 +200,17 @@ def _materialize(paths: list[Path], tmp: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def _describe(files: list[tuple[str, Path]], slot: pd.Timestamp | None) -> str:
+    """Short name of a slot's files for messages: the slot and one or two file names."""
+    names = [Path(label).name for label, _ in files]
+    shown = ", ".join(names) if len(names) <= 2 else f"{names[0]} and {len(names) - 1} other files"
+    return f"slot {iso(slot)} ({shown})" if slot is not None else shown
+
+
 def _scene(files: list[tuple[str, Path]], reader: str):
     from satpy import Scene  # heavy import, only when reading
 
-    names = ", ".join(Path(label).name for label, _ in files)
+    names = ", ".join(Path(label).name for label, _ in files)  # all of them: one may be at fault
     try:
         return Scene(filenames=[str(p) for _, p in files], reader=reader)
     except Exception as exc:  # satpy raises assorted errors on unreadable input
@@ -247,7 +255,9 @@ def _resample(arrays: list[xr.DataArray], area: str, cache_dir, names: str) -> n
     lut = get_lut(arrays[0].attrs["area"], get_area(area), cache_dir)
     rows, cols = lut.window()
     try:
-        window = da.stack([a.data[rows, cols] for a in arrays]).compute()
+        with warnings.catch_warnings():  # log10 of zero counts (space) inside satpy's calibration
+            warnings.filterwarnings("ignore", "divide by zero", RuntimeWarning)
+            window = da.stack([a.data[rows, cols] for a in arrays]).compute()
     except Exception as exc:
         raise InputFileError(f"corrupt data in {names}: {exc}") from exc
     bt = lut.apply(window)
@@ -281,13 +291,13 @@ def read_seviri(paths: Sequence[str | Path], area: str = DEFAULT_AREA, channels:
         for label, p in files:
             _check_complete(p, reader, label)
         name_slot = _check_slot(files, reader, slot_minutes)
-        names = ", ".join(Path(label).name for label, _ in files)
+        names = _describe(files, name_slot)
         arrays = _load(_scene(files, reader), channels, reader, names)
         time = _slot_time(arrays[0], slot_minutes)
         if name_slot is not None and name_slot != time:
-            raise InputFileError(f"{names}: slot {iso(time)} in the data but {iso(name_slot)} in the file names")
+            raise InputFileError(f"{names}: the data hold slot {iso(time)}, the file names {iso(name_slot)}")
         if expect_time is not None and to_utc(expect_time) != time:
-            raise InputFileError(f"{names}: slot {iso(time)}, expected {iso(expect_time)}")
+            raise InputFileError(f"{names}: got slot {iso(time)}, expected {iso(expect_time)}")
         platform = _platform(arrays, names)
         bt = _resample(arrays, area, cache_dir, names)
     return seviri_slot(bt, channels, time, area, platform_name=platform, sensor="seviri", reader=reader,
