@@ -68,7 +68,7 @@ def read_odim(path, area: str = "france-3km", zr: tuple[float, float] = (200.0, 
         source = source_area(where, path)
         fields = list_fields(f)
         rain_field = _pick_rain(fields, path)
-        quality_field = next((fl for fl in fields if fl.quantity == QUALITY_QUANTITY), None)
+        quality_field = _pick_quality(fields, rain_field)
         regridder = get_regridder(source, area, cache_dir)
         rain = _read_rain(f, rain_field, regridder.slices, zr, source, path)
         quality = None
@@ -178,6 +178,14 @@ def _pick_rain(fields: list[OdimField], path: Path) -> OdimField:
         f"{', '.join(found) if found else 'none (no datasetN/dataM/data arrays)'}")
 
 
+def _pick_quality(fields: list[OdimField], rain: OdimField) -> OdimField | None:
+    """The QIND field of the rain field's dataset, else the first QIND of the file."""
+    qind = [fl for fl in fields if fl.quantity == QUALITY_QUANTITY]
+    dataset = rain.path.split("/")[1]
+    same = [fl for fl in qind if fl.path.split("/")[1] == dataset]
+    return (same or qind or [None])[0]
+
+
 # --------------------------------------------------------------------------- metadata
 
 
@@ -203,11 +211,8 @@ def source_area(where, path) -> AreaDefinition:
         crs = CRS.from_user_input(str(projdef).strip())
     except CRSError as exc:
         raise InputFileError(f"{path}: unknown projection where/projdef={projdef!r}: {exc}") from exc
-    try:
-        xsize, ysize = int(w["xsize"]), int(w["ysize"])
-        corners = [float(w[k]) for k in ("LL_lon", "LL_lat", "UR_lon", "UR_lat")]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputFileError(f"{path}: missing or bad grid attribute where/{exc.args[0] if exc.args else ''}") from exc
+    xsize, ysize = (int(_where_number(w, key, path)) for key in ("xsize", "ysize"))
+    corners = [_where_number(w, key, path) for key in ("LL_lon", "LL_lat", "UR_lon", "UR_lat")]
     transformer = Transformer.from_crs(CRS.from_epsg(4326), crs, always_xy=True)
     x0, y0 = transformer.transform(corners[0], corners[1])
     x1, y1 = transformer.transform(corners[2], corners[3])
@@ -217,6 +222,15 @@ def source_area(where, path) -> AreaDefinition:
         raise InputFileError(f"{path}: corner lon/lats in where/ do not give a valid extent in {projdef!r}")
     _check_scale(w, extent, xsize, ysize, path)
     return AreaDefinition("odim_source", "ODIM composite grid", "odim", crs, xsize, ysize, extent)
+
+
+def _where_number(w: dict, key: str, path: Path) -> float:
+    try:
+        return float(w[key])
+    except KeyError:
+        raise InputFileError(f"{path}: missing grid attribute where/{key}") from None
+    except (TypeError, ValueError):
+        raise InputFileError(f"{path}: bad grid attribute where/{key}={w[key]!r}") from None
 
 
 def _check_scale(w: dict, extent, xsize: int, ysize: int, path: Path) -> None:
@@ -245,7 +259,7 @@ def _slot_attrs(f, path: Path, field: OdimField, root_what: dict, zr, method: st
         "odim_conventions": conventions.decode() if isinstance(conventions, bytes) else str(conventions),
         "odim_path": field.path,
         "odim_layout": {"dataset": "ODYSSEY (quantity in datasetN/what)",
-                        "data": "ODIM 2.4 / NIMBUS (quantity in datasetN/dataM/what)"}[field.layout],
+                        "data": "ODIM 2.4 / NIMBUS (quantity in datasetN/dataM/what)"}.get(field.layout, field.layout),
         "quantity": field.quantity,
         "product": str(field.what.get("product", root_what.get("object", ""))),
         "odim_source": str(root_what.get("source", "")),

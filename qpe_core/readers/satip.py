@@ -14,14 +14,16 @@ attributes are satpy's per-channel metadata only), so the reader falls back to
 the constants of Satip's ``Compressor`` / ``ScaleToZeroToOne`` (satip/compression.py:
 IR_108 199.10002-313.2767 K) and records which was used in ``scaling_source``.
 
-``time`` is the file's slot time (its ``time`` coordinate, which equals the
-file name); Satip labels a Rapid Scan slot by the *end* of its 5-minute scan,
-the scan start is kept in the ``scan_start_time`` attribute.
+Satip labels a Rapid Scan slot by the *end* of its 5-minute scan (file name and
+``time`` coordinate).  Like every reader here, ``read_satip`` returns the nominal
+slot *start* (the scan start floored to 5 minutes: the 12:00 file is slot 11:55),
+so Satip, HRIT and native slots line up; the label is kept as ``file_time``.
 """
 
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,18 +56,25 @@ def _open(path: Path):
 
     if not path.is_file():
         raise InputFileError(f"{path}: no such file")
-    store = None
+    if not zipfile.is_zipfile(path):
+        raise InputFileError(f"{path}: not a zip archive (corrupt or truncated Satip file?)")
+    store = ZipStore(path, mode="r")
     try:
-        store = ZipStore(path, mode="r")
         ds = xr.open_zarr(store, consolidated=None, mask_and_scale=False, chunks=None)
     except Exception as exc:  # zipfile / zarr / json errors on a corrupt store
-        if store is not None:
-            store.close()
+        _close(store)
         raise InputFileError(f"{path}: not a readable Satip zipped Zarr ({exc})") from exc
     if "data" not in ds or "variable" not in ds.coords:
-        store.close()
+        _close(store)
         raise InputFileError(f"{path}: no 'data' array with a 'variable' coordinate (not a Satip file)")
     return store, ds
+
+
+def _close(store) -> None:
+    try:
+        store.close()
+    except AttributeError:  # zarr's ZipStore.close fails when the zip was never opened
+        pass
 
 
 def _float(value) -> float | None:
@@ -161,11 +170,14 @@ def _decode(ds: xr.Dataset, channels: Sequence[str], path: Path) -> tuple[np.nda
     return out, sources
 
 
+RSS_MINUTES = 5  # Rapid Scan Service repeat cycle
+
+
 def read_satip(path: str | Path, area: str = DEFAULT_AREA, channels: Sequence[str] = DEFAULT_CHANNELS,
                cache_dir: str | Path | None = None) -> xr.Dataset:
     """Read one Satip zipped-Zarr slot to ``bt(channel, y, x)`` brightness temperature
-    (K) on ``area``.  ``time`` is the file's slot time (UTC, 5-minute RSS slots are
-    not floored).  NaN outside the cropped image and for fill values.  The
+    (K) on ``area``.  ``time`` is the nominal slot start (UTC): the file's label minus
+    the 5-minute Rapid Scan repeat cycle.  NaN outside the cropped image and for fill values.  The
     resampling look-up table is cached in ``cache_dir`` when given."""
     path = Path(path)
     channels = list(channels)
@@ -173,18 +185,20 @@ def read_satip(path: str | Path, area: str = DEFAULT_AREA, channels: Sequence[st
         raise InputFileError(f"{path}: no channel requested")
     store, ds = _open(path)
     try:
-        time = _slot_time(ds, path)
+        file_time = _slot_time(ds, path)
+        time = file_time - pd.Timedelta(minutes=RSS_MINUTES)
         src = _source_area(ds, path)
         values, sources = _decode(ds, channels, path)
         attrs = dict(platform_name=str(ds.attrs.get("platform_name", "unknown")), scan_start_time=_scan_start(ds))
     finally:
         ds.close()
-        store.close()
+        _close(store)
     lut = get_lut(src, get_area(area), cache_dir)
     rows, cols = lut.window()
     bt = lut.apply(values[:, rows, cols])
     return seviri_slot(bt, channels, time, area, platform_name=attrs["platform_name"], sensor="seviri",
                        reader="satip_zarr", source_files=[path.name], scan_start_time=attrs["scan_start_time"],
+                       file_time=iso(file_time),
                        scaling_source="; ".join(sorted(set(sources))), resampling="nearest (cached LUT)")
 
 

@@ -57,6 +57,8 @@ def _sniff(head: bytes, name: str) -> str | None:
         return NETCDF if name.endswith(".nc") or _NC_NAME.match(name) else None
     if len(head) >= 16 and head[:3] == b"\x00\x00\x10" and head[3] in _HRIT_FILE_TYPES:
         return HRIT
+    if head.startswith(b"BZh") and _HRIT_NAME.match(name):
+        return HRIT  # bzip2-packed HRIT segment, which satpy opens itself
     if name.endswith(".nat") and len(head) >= 64 and _NATIVE_NAME.match(name):
         return NATIVE  # native file without the ASCII archive header
     return None
@@ -147,7 +149,7 @@ def _check_complete(path: Path, reader: str, label: str) -> None:
     with open(path, "rb") as fh:
         head = fh.read(4096)
     expected = None
-    if reader == HRIT and len(head) >= 16:
+    if reader == HRIT and head[:3] == b"\x00\x00\x10" and len(head) >= 16:
         expected = int.from_bytes(head[4:8], "big") + -(-int.from_bytes(head[8:16], "big") // 8)
     elif reader == NATIVE:
         m = re.search(rb"TotalFileSize\s*:\s*(\d+)", head)
@@ -175,7 +177,7 @@ def _check_slot(files: list[tuple[str, Path]], reader: str, slot_minutes: int) -
             if part not in segs:
                 slot = f" of slot {iso(next(iter(slots)))}" if slots else ""
                 raise InputFileError(f"HRIT files{slot} lack the {part} file (prologue/epilogue): "
-                                     + ", ".join(Path(k).name for k, _ in files))
+                                     + _describe(files, None))
     return next(iter(slots)) if slots else None
 
 
@@ -193,6 +195,8 @@ def _materialize(paths: list[Path], tmp: Path) -> list[tuple[str, Path]]:
         with zipfile.ZipFile(p) as zf:
             for member in _zip_members(p):
                 dest = tmp / Path(member).name  # flatten: never write outside tmp
+                if dest.exists():
+                    raise InputFileError(f"{p}: several members named {dest.name}")
                 with zf.open(member) as src, open(dest, "wb") as dst:
                     while chunk := src.read(1 << 22):
                         dst.write(chunk)
@@ -217,7 +221,7 @@ def _scene(files: list[tuple[str, Path]], reader: str):
         raise InputFileError(f"satpy reader {reader} cannot open {names}: {exc}") from exc
 
 
-def _load(scn, channels: Sequence[str], reader: str, names: str) -> list[xr.DataArray]:
+def _load(scn, channels: Sequence[str], names: str) -> list[xr.DataArray]:
     available = set(scn.available_dataset_names())
     missing = [c for c in channels if c not in available]
     if missing:
@@ -292,7 +296,7 @@ def read_seviri(paths: Sequence[str | Path], area: str = DEFAULT_AREA, channels:
             _check_complete(p, reader, label)
         name_slot = _check_slot(files, reader, slot_minutes)
         names = _describe(files, name_slot)
-        arrays = _load(_scene(files, reader), channels, reader, names)
+        arrays = _load(_scene(files, reader), channels, names)
         time = _slot_time(arrays[0], slot_minutes)
         if name_slot is not None and name_slot != time:
             raise InputFileError(f"{names}: the data hold slot {iso(time)}, the file names {iso(name_slot)}")

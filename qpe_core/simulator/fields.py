@@ -1,0 +1,405 @@
+"""Rain and cloud field dynamics of the simulator.
+
+Units: lengths and heights in km, times in minutes, winds in m/s, rain in mm/h,
+optical depths dimensionless (visible, ~2x the thermal absorption optical depth).
+
+Latent fields are unit-variance Gaussian random fields with power-law spectra,
+``PSD(k) ~ (k**2 + k0**2) ** (-beta/2)``, evolving as AR(1) processes in Fourier
+space with scale-dependent lifetimes ``tau(L) = tau_ref * (L / l_ref) ** alpha``
+(as in STEPS, Seed 2003).  The fields that carry small-scale structure are moved
+by backward semi-Lagrangian (bilinear) advection with a smooth, slowly varying
+two-level wind; the purely large-scale ones are shifted exactly in Fourier space.
+
+Rain and cloud layers are non-linear transforms of the latent fields:
+
+* stratiform rain: lognormal quantile mapping of the exceedance of the "strat"
+  field above a threshold (median ~1 mm/h); its nimbostratus deck extends beyond
+  the rain with low/mid tops (2.5-7.5 km);
+* convective rain: the same transform of the "conv" field (median ~9 mm/h, times a
+  precipitation-efficiency field invisible to IR) modulated by a slow instability
+  envelope and the diurnal cycle.  Towers (cloud tops) follow the *current*
+  updraft field while rain follows it ``rain_lead_min`` later, so tops cool before
+  the rain peaks;
+* anvils: ice optical depth produced by mature updrafts, spread and advected by
+  the upper-level wind, decaying into thin cirrus;
+* synoptic cirrus and non-raining low cloud from their own latent fields.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+from scipy import special
+
+Z_CLOUD_BASE_KM = 1.5
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """One latent field: PSD slope ``beta``, outer scale (km), lifetime at ``l_ref_km`` (min)."""
+
+    name: str
+    beta: float
+    outer_km: float
+    tau_ref_min: float
+    alpha: float = 0.8
+    l_ref_km: float = 16.0
+
+
+#: strat, conv, low: steering-level advection; cirrus: upper level; the rest: spectral shift.
+LATENTS = (
+    LatentSpec("strat", 3.0, 300.0, 45.0, 0.8),
+    LatentSpec("conv", 2.4, 60.0, 30.0, 0.7),
+    LatentSpec("low", 3.3, 300.0, 120.0, 0.5),
+    LatentSpec("cirrus", 3.2, 300.0, 90.0, 0.6),
+    LatentSpec("envelope", 4.0, 400.0, 600.0, 0.0),
+    LatentSpec("efficiency", 3.0, 150.0, 180.0, 0.0),
+    LatentSpec("psi", 5.0, 600.0, 360.0, 0.0),
+)
+STRAT, CONV, LOW, CIRRUS, ENVELOPE, EFFICIENCY, PSI = range(7)
+
+
+@dataclass(frozen=True)
+class FieldParams:
+    """Tunable constants (latent thresholds are in standard deviations)."""
+
+    steer_speed_ms: float = 9.0        # mean steering-level wind speed (m/s)
+    steer_pert_ms: float = 3.0         # rms of the non-divergent wind perturbation (m/s)
+    shear_ms: float = 12.0             # upper minus steering wind (m/s), mostly westerly
+    wind_memory_min: float = 720.0     # memory of the mean wind direction/speed (min)
+    strat_mix: float = 0.35            # weight of the envelope in the stratiform field
+    strat_rain_thr: float = 1.2
+    strat_cloud_margin: float = 0.7    # the deck extends this far below the rain threshold
+    strat_median_mmh: float = 1.0
+    strat_sigma_ln: float = 0.8
+    conv_mix: float = 0.55             # weight of the envelope in the convective field
+    conv_diurnal: float = 0.35         # diurnal forcing (peak 16 local solar time)
+    conv_tower_thr: float = 1.6
+    conv_rain_thr: float = 1.9
+    conv_mature: float = 2.4
+    conv_overshoot_thr: float = 2.8
+    conv_median_mmh: float = 9.0
+    conv_sigma_ln: float = 0.75
+    efficiency_ln: float = 0.35        # sd of log precipitation efficiency
+    rain_lead_min: float = 20.0        # cloud tops lead rain by this (min)
+    anvil_thr: float = 2.0
+    anvil_production: float = 40.0     # optical depth per latent unit per 15 min
+    anvil_life_min: float = 120.0
+    anvil_spread_km: float = 4.0       # Gaussian spreading per 15 min (km)
+    anvil_source_km: float = 8.0       # width of the detrainment source (km)
+    cirrus_thr: float = 0.7
+    cirrus_tau_max: float = 4.5
+    low_thr: float = 0.9
+    wetness_sd: float = 0.3            # sd of the synoptic wetness offset (latent units)
+    wetness_memory_min: float = 1440.0
+    min_rain_mmh: float = 0.1          # radar detection threshold: below is 0
+    max_rain_mmh: float = 250.0
+
+
+@dataclass
+class FieldState:
+    """Ground-frame fields at one slot (all (H, W) float32 unless noted)."""
+
+    rain: np.ndarray            # mm/h, 0 where dry
+    rain_conv: np.ndarray       # mm/h
+    rain_strat: np.ndarray      # mm/h
+    z_main: np.ndarray          # km, top of the liquid/mixed layer (0 where none)
+    tau_main: np.ndarray        # visible optical depth of that layer
+    z_high: np.ndarray          # km, top of the ice layer (anvil + cirrus)
+    tau_high: np.ndarray        # visible optical depth of the ice layer
+    cloud_type: np.ndarray      # int8: 0 clear, 1 low/strat, 2 conv core, 3 anvil, 4 cirrus
+    uth: np.ndarray             # upper-tropospheric relative humidity (0-1)
+    rh_mid: np.ndarray          # mid-tropospheric relative humidity (0-1)
+    updraft: np.ndarray         # convective latent (std units, with envelope and diurnal forcing)
+
+
+# ----------------------------------------------------------------------------- spectra
+
+def wavenumbers(shape: tuple[int, int], pixel_km: float):
+    """``(kx, ky, k, weight)`` on the rfft2 layout, cycles/km; ``weight`` counts each
+    half-plane entry in full-plane sums (1 for the kx=0 and Nyquist columns, else 2)."""
+    h, w = shape
+    ky = np.fft.fftfreq(h, d=pixel_km)[:, None]
+    kx = np.fft.rfftfreq(w, d=pixel_km)[None, :]
+    k = np.hypot(kx, ky)
+    weight = np.full((1, kx.shape[1]), 2.0)
+    weight[0, 0] = 1.0
+    if w % 2 == 0:
+        weight[0, -1] = 1.0
+    return kx, ky, k, weight
+
+
+def spectral_variance(power: np.ndarray, weight: np.ndarray, shape) -> float:
+    """Variance of ``irfft2(a * xi)`` when ``|a|**2 = power`` and ``E|xi|**2 = H*W``."""
+    return float(np.sum(power * weight) / (shape[0] * shape[1]))
+
+
+def power_law_amplitude(k, weight, shape, beta: float, outer_km: float) -> np.ndarray:
+    """Amplitude filter of a zero-mean unit-variance field with PSD ``(k^2+k0^2)^(-beta/2)``."""
+    amp = (k ** 2 + (1.0 / outer_km) ** 2) ** (-beta / 4.0)
+    amp[0, 0] = 0.0
+    return amp / math.sqrt(spectral_variance(amp ** 2, weight, shape))
+
+
+def ar_coefficient(k, spec: LatentSpec, dt_min: float) -> np.ndarray:
+    """Lag-one (one slot) autocorrelation per wavenumber: ``exp(-dt / tau(1/k))``."""
+    scale = 1.0 / np.maximum(k, 1e-6)
+    tau = spec.tau_ref_min * (np.minimum(scale, 4.0 * spec.outer_km) / spec.l_ref_km) ** spec.alpha
+    return np.exp(-dt_min / np.clip(tau, 1.0, 4320.0))
+
+
+def gaussian_transfer(k, sigma_km: float) -> np.ndarray:
+    """Fourier transfer function of a Gaussian smoothing of standard deviation ``sigma_km``."""
+    return np.exp(-2.0 * (math.pi * sigma_km * k) ** 2)
+
+
+# ----------------------------------------------------------------------------- advection
+
+class Advector:
+    """Backward semi-Lagrangian bilinear interpolation on a periodic grid.
+
+    ``prepare(drow, dcol)`` takes the displacement over one slot in pixels
+    (arrays or scalars), ``__call__(stack)`` moves a ``(n, H, W)`` stack."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
+        self.rows = np.arange(shape[0], dtype=np.float32)[:, None]
+        self.cols = np.arange(shape[1], dtype=np.float32)[None, :]
+        self.idx: list[np.ndarray] = []
+        self.wts: list[np.ndarray] = []
+
+    def prepare(self, drow, dcol) -> None:
+        h, w = self.shape
+        r = self.rows - drow
+        c = self.cols - dcol
+        r0 = np.floor(r)
+        c0 = np.floor(c)
+        fr = (r - r0).ravel()
+        fc = (c - c0).ravel()
+        i0 = r0.astype(np.intp).ravel() % h
+        j0 = c0.astype(np.intp).ravel() % w
+        i1 = (i0 + 1) % h * w
+        j1 = (j0 + 1) % w
+        i0 *= w
+        self.idx = [i0 + j0, i0 + j1, i1 + j0, i1 + j1]
+        gr, gc = 1.0 - fr, 1.0 - fc
+        self.wts = [gr * gc, gr * fc, fr * gc, fr * fc]
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        flat = stack.reshape(stack.shape[0], -1)
+        out = np.take(flat, self.idx[0], axis=1)
+        out *= self.wts[0]
+        for idx, wt in zip(self.idx[1:], self.wts[1:]):
+            out += np.take(flat, idx, axis=1) * wt
+        return out.reshape(stack.shape)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def lognormal_excess(z: np.ndarray, z0: float, mu, sigma: float) -> np.ndarray:
+    """Rain rate (mm/h): 0 where ``z <= z0``; above, the exceedance quantile-mapped to a
+    lognormal with log-mean ``mu`` (scalar or array like ``z``) and log-sd ``sigma``
+    (exactly lognormal when ``z`` is standard normal).  Continuous: -> 0 at the edge."""
+    out = np.zeros(z.shape, dtype=np.float32)
+    wet = z > z0
+    if not wet.any():
+        return out
+    p = special.ndtr(-z[wet].astype(np.float64)) / special.ndtr(-z0)
+    mu_w = mu[wet] if isinstance(mu, np.ndarray) else mu
+    out[wet] = np.exp(mu_w - sigma * special.ndtri(np.clip(p, 1e-15, 1.0)))
+    return out
+
+
+def ou_step(x: float, memory_min: float, dt_min: float, sd: float, rng) -> float:
+    """One step of a stationary Ornstein-Uhlenbeck scalar with the given sd."""
+    rho = math.exp(-dt_min / memory_min)
+    return rho * x + math.sqrt(1.0 - rho * rho) * sd * float(rng.standard_normal())
+
+
+# ----------------------------------------------------------------------------- dynamics
+
+class Dynamics:
+    """Evolves the latent fields, winds and anvils one slot at a time (ground frame).
+
+    ``shape`` (H, W) pixels of ``pixel_km`` km, rows north to south; ``rng`` a numpy
+    Generator (all randomness comes from it, so a seed fixes the sequence)."""
+
+    def __init__(self, shape, pixel_km: float, rng: np.random.Generator, slot_minutes: float = 15,
+                 params: FieldParams | None = None, workers: int = 2):
+        self.shape, self.pixel_km, self.rng, self.dt = tuple(shape), float(pixel_km), rng, float(slot_minutes)
+        self.p = p = params or FieldParams()
+        self.workers = workers
+        h, w = self.shape
+        kx, ky, k, weight = wavenumbers(self.shape, pixel_km)
+        self.kx, self.ky = kx.astype(np.float32), ky.astype(np.float32)
+        amp = np.stack([power_law_amplitude(k, weight, self.shape, s.beta, s.outer_km) for s in LATENTS])
+        phi = np.stack([ar_coefficient(k, s, self.dt) for s in LATENTS])
+        colfix = np.where(weight == 1.0, math.sqrt(2.0), 1.0) * math.sqrt(h * w / 2.0)
+        self.phi = phi.astype(np.float32)
+        self.q = (np.sqrt(1.0 - phi ** 2) * amp * colfix).astype(np.float32)
+        self.spec = (amp * colfix * self._noise(len(LATENTS))).astype(np.complex64)
+        # humidity (smooth mixtures of fields) and wind-perturbation spectral operators
+        lp = gaussian_transfer(k, 30.0)
+        self.uth_mix = self._mixer(lp, amp, weight, {CIRRUS: 0.8, STRAT: 0.5, ENVELOPE: 0.4})
+        self.rh_mix = self._mixer(lp, amp, weight, {LOW: 0.6, STRAT: 0.6, ENVELOPE: 0.3})
+        du = 2j * math.pi * ky * amp[PSI]
+        dv = 2j * math.pi * kx * amp[PSI]
+        self.d_row = (du / math.sqrt(spectral_variance(np.abs(du) ** 2, weight, self.shape))).astype(np.complex64)
+        self.d_col = (dv / math.sqrt(spectral_variance(np.abs(dv) ** 2, weight, self.shape))).astype(np.complex64)
+        decay = math.exp(-self.dt / p.anvil_life_min)
+        self.anvil_keep = (decay * gaussian_transfer(k, p.anvil_spread_km * math.sqrt(self.dt / 15))).astype(np.float32)
+        self.anvil_src = gaussian_transfer(k, p.anvil_source_km).astype(np.float32)
+        # rain lags the updraft by rain_lead_min: two history slots with linear weights
+        lag = max(p.rain_lead_min / self.dt, 1.0)
+        self.lags = (int(math.floor(lag)), int(math.ceil(lag)))
+        w2 = lag - self.lags[0] if self.lags[1] > self.lags[0] else 0.0
+        self.lag_w = (1.0 - w2, w2)
+        rho_c = float(np.sum(weight * amp[CONV] ** 2 * phi[CONV]) / np.sum(weight * amp[CONV] ** 2))
+        rho = (1 - p.conv_mix ** 2) * rho_c ** (self.lags[1] - self.lags[0]) + p.conv_mix ** 2
+        self.lag_norm = 1.0 / math.sqrt(self.lag_w[0] ** 2 + w2 ** 2 + 2 * self.lag_w[0] * w2 * rho)
+        # state: lower = [strat, conv, low, updraft(t-1), ..., updraft(t-nlag)], upper = [cirrus, anvil]
+        out = self._inverse([self.spec[i] for i in range(6)] + [self._wind_spec()])
+        self.lower = np.zeros((3 + self.lags[1], h, w), np.float32)
+        self.lower[:3] = out[:3]
+        self.upper = np.stack([out[CIRRUS], np.zeros((h, w), np.float32)])
+        self.envelope, self.efficiency = out[ENVELOPE], out[EFFICIENCY]
+        self.wind = out[6:8]
+        self.angle = self.rng.normal(0.0, 0.6)    # motion direction, rad from east (westerlies)
+        self.speed_ln = self.rng.normal(0.0, 0.3)
+        self.shear_angle = self.rng.normal(0.0, 0.3)
+        self.wetness = self.rng.normal(0.0, p.wetness_sd)
+        self.started = False
+        self.adv_lower, self.adv_upper = Advector(self.shape), Advector(self.shape)
+
+    def _noise(self, n: int) -> np.ndarray:
+        h, w = self.shape
+        z = self.rng.standard_normal((n, h, w // 2 + 1, 2), dtype=np.float32)
+        return z.view(np.complex64)[..., 0]
+
+    def _mixer(self, lp, amp, weight, coefs: dict) -> dict:
+        var = sum(c * c * spectral_variance((lp * amp[i]) ** 2, weight, self.shape) for i, c in coefs.items())
+        return {i: (lp * c / math.sqrt(var)).astype(np.float32) for i, c in coefs.items()}
+
+    def _wind_spec(self) -> list:
+        return [self.d_row * self.spec[PSI], self.d_col * self.spec[PSI]]
+
+    def _inverse(self, specs: list) -> np.ndarray:
+        return sfft.irfft2(np.stack(specs), s=self.shape, axes=(-2, -1), workers=self.workers)
+
+    def _displacements(self):
+        """Steering and upper-level displacements over one slot, pixels (row, col)."""
+        p, dt = self.p, self.dt
+        self.angle = ou_step(self.angle, p.wind_memory_min, dt, 0.6, self.rng)
+        self.speed_ln = ou_step(self.speed_ln, p.wind_memory_min, dt, 0.3, self.rng)
+        self.shear_angle = ou_step(self.shear_angle, p.wind_memory_min, dt, 0.3, self.rng)
+        self.wetness = ou_step(self.wetness, p.wetness_memory_min, dt, p.wetness_sd, self.rng)
+        px = dt * 60.0 / (self.pixel_km * 1000.0)          # (m/s) -> pixels per slot
+        speed = p.steer_speed_ms * math.exp(self.speed_ln)
+        mean_row = -speed * math.sin(self.angle) * px      # rows grow southward
+        mean_col = speed * math.cos(self.angle) * px
+        pert = self.wind * (p.steer_pert_ms * px)
+        steer = (mean_row + pert[0], mean_col + pert[1])
+        sh_row = -p.shear_ms * math.sin(self.shear_angle) * px
+        sh_col = p.shear_ms * math.cos(self.shear_angle) * px
+        upper = (steer[0] + 0.5 * pert[0] + sh_row, steer[1] + 0.5 * pert[1] + sh_col)
+        return steer, upper, (mean_row, mean_col)
+
+    def _advance(self) -> np.ndarray:
+        """Advection + AR(1) update of all latent fields and anvils; returns the inverse batch."""
+        p = self.p
+        steer, upper, mean = self._displacements()
+        self.adv_lower.prepare(*steer)
+        self.adv_upper.prepare(*upper)
+        self.lower = self.adv_lower(self.lower)
+        self.upper = self.adv_upper(self.upper)
+        source = np.maximum(self.lower[3] - p.anvil_thr, 0.0) * (p.anvil_production * self.dt / 15.0)
+        fwd = sfft.rfft2(np.concatenate([self.lower[:3], self.upper, source[None]]),
+                         axes=(-2, -1), workers=self.workers)
+        noise = self._noise(len(LATENTS))
+        spec, phi, q = self.spec, self.phi, self.q
+        spec[:3] = phi[:3] * fwd[:3] + q[:3] * noise[:3]
+        spec[CIRRUS] = phi[CIRRUS] * fwd[3] + q[CIRRUS] * noise[CIRRUS]
+        shift = np.exp((-2j * math.pi * self.pixel_km) * (self.ky * mean[0] + self.kx * mean[1])).astype(np.complex64)
+        spec[4:] = phi[4:] * shift * spec[4:] + q[4:] * noise[4:]
+        anvil = self.anvil_keep * fwd[4] + self.anvil_src * fwd[5]
+        uth = sum(c * spec[i] for i, c in self.uth_mix.items())
+        rh = sum(c * spec[i] for i, c in self.rh_mix.items())
+        return self._inverse([spec[i] for i in range(6)] + self._wind_spec() + [anvil, uth, rh])
+
+    def step(self, diurnal: np.ndarray, z_trop: np.ndarray) -> FieldState:
+        """Advance one slot.  ``diurnal`` in [-1, 1] (convective forcing, peak 16 LST),
+        ``z_trop`` tropopause height (km); both (H, W)."""
+        p = self.p
+        if self.started:
+            out = self._advance()
+            self.lower[:3] = out[:3]
+            self.upper[0] = out[CIRRUS]
+            self.upper[1] = np.maximum(out[8], 0.0)
+            self.envelope, self.efficiency, self.wind = out[ENVELOPE], out[EFFICIENCY], out[6:8]
+            uth, rh = out[9], out[10]
+        else:
+            uth, rh = self._inverse([sum(c * self.spec[i] for i, c in m.items()) for m in (self.uth_mix, self.rh_mix)])
+        mix = p.conv_mix
+        updraft = (math.sqrt(1 - mix * mix) * self.lower[CONV] + mix * self.envelope
+                   + p.conv_diurnal * diurnal).astype(np.float32)
+        if not self.started:
+            self.lower[3:] = updraft
+            self.started = True
+        (l1, l2), (w1, w2) = self.lags, self.lag_w
+        rain_latent = (w1 * self.lower[2 + l1] + w2 * self.lower[2 + l2]) * self.lag_norm
+        self.lower[4:] = self.lower[3:-1]
+        self.lower[3] = updraft
+        strat = (math.sqrt(1 - p.strat_mix ** 2) * self.lower[STRAT] + p.strat_mix * self.envelope).astype(np.float32)
+        state = self._rain(strat, rain_latent)
+        self._clouds(state, strat, updraft, z_trop)
+        state.uth = special.expit(1.5 * uth - 0.2).astype(np.float32)
+        state.rh_mid = special.expit(1.5 * rh).astype(np.float32)
+        return state
+
+    def _rain(self, strat: np.ndarray, rain_latent: np.ndarray) -> FieldState:
+        p = self.p
+        r_s = lognormal_excess(strat, p.strat_rain_thr - self.wetness, math.log(p.strat_median_mmh), p.strat_sigma_ln)
+        mu_c = math.log(p.conv_median_mmh) + p.efficiency_ln * self.efficiency
+        r_c = lognormal_excess(rain_latent, p.conv_rain_thr, mu_c, p.conv_sigma_ln)
+        rain = np.minimum(r_s + r_c, p.max_rain_mmh)
+        rain[rain < p.min_rain_mmh] = 0.0
+        empty = np.empty(0, np.float32)
+        return FieldState(rain, r_c, r_s, *([empty] * 8))
+
+    def _clouds(self, st: FieldState, strat: np.ndarray, updraft: np.ndarray, z_trop: np.ndarray) -> None:
+        """Cloud layers (ground frame): main liquid/mixed layer, ice layer and types."""
+        p = self.p
+        f32 = np.float32
+        grow = np.clip((updraft - p.conv_tower_thr) / (p.conv_mature - p.conv_tower_thr), 0.0, 1.0)
+        tower = updraft > p.conv_tower_thr
+        overshoot = 2.0 * np.clip(updraft - p.conv_overshoot_thr, 0.0, 1.0)
+        z_tow = np.where(tower, Z_CLOUD_BASE_KM + (z_trop - Z_CLOUD_BASE_KM) * (0.3 + 0.7 * grow) + overshoot, 0.0)
+        deck = strat - (p.strat_rain_thr - self.wetness - p.strat_cloud_margin)
+        z_ns = np.where(deck > 0, 2.5 + 5.0 * np.clip(deck / 1.6, 0.0, 1.0), 0.0)
+        tau_ns = 30.0 * np.clip(deck / p.strat_cloud_margin, 0.0, 1.0)
+        low = self.lower[LOW] - p.low_thr
+        z_lo = np.where(low > 0, 0.6 + 1.6 * np.clip(low / 1.5, 0.0, 1.0), 0.0)
+        tau_lo = np.where(low > 0, 2.0 + 14.0 * np.clip(low, 0.0, 1.0), 0.0)
+        z_main = np.maximum(np.maximum(z_tow, z_ns), z_lo)
+        tau_main = np.where(tower, 50.0, 0.0) + tau_ns + tau_lo
+        # ice layer: anvils near the tropopause, cirrus lower and thinner
+        ci = 0.917 * self.upper[0] + 0.4 * strat - p.cirrus_thr
+        tau_ci = np.where(ci > 0, p.cirrus_tau_max * np.tanh(np.maximum(ci, 0.0) / 1.2), 0.0)
+        z_ci = z_trop - 1.0 - 2.5 * np.exp(-2.0 * np.maximum(ci, 0.0))
+        tau_an = self.upper[1]
+        tau_hi = tau_an + tau_ci
+        z_hi = (tau_an * (z_trop - 0.7) + tau_ci * z_ci) / np.maximum(tau_hi, 1e-6)
+        pierce = tower & (z_tow > z_hi - 0.5)
+        tau_hi = np.where(pierce, 0.0, tau_hi)
+        eps_hi = 1.0 - np.exp(-0.5 * tau_hi)
+        ctype = np.zeros(self.shape, np.int8)
+        ctype[tau_main > 0.45] = 1
+        ctype[tower & (z_tow >= z_main) & (updraft > p.conv_rain_thr)] = 2
+        ctype[eps_hi > 0.2] = 4
+        ctype[(eps_hi >= 0.85) & (tau_an >= tau_ci)] = 3
+        st.z_main, st.tau_main = z_main.astype(f32), tau_main.astype(f32)
+        st.z_high, st.tau_high = np.where(tau_hi > 0, z_hi, 0.0).astype(f32), tau_hi.astype(f32)
+        st.cloud_type, st.updraft = ctype, updraft
