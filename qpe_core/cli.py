@@ -26,8 +26,8 @@ archive_app = typer.Typer(help="Inspect archive cubes.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(archive_app, name="archive")
 
-out = Console()
-err = Console(stderr=True)
+out = Console() if sys.stdout.isatty() else Console(width=160)
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
 _state = {"debug": False, "config": None}
 
 Area = Annotated[Optional[str], typer.Option("--area", help="target grid (see `qpe areas`)")]
@@ -79,12 +79,16 @@ def areas():
 def _print_report(report) -> None:
     from qpe_core.timeutil import iso
 
+    skipped = [r for r in report.results if r.status == "skipped"]
     for r in report.results:
-        when = iso(r.time) if r.time is not None else "?"
+        when = iso(r.time) if r.time is not None else Path(r.files[0]).name
         if r.status == "written":
             out.print(f"[green]written[/] {r.kind} {when} coverage {r.coverage:.1%} in {r.seconds:.2f} s")
-        else:
+        elif r.status == "failed":
             err.print(f"[red]failed[/] {r.kind} {when}: {r.reason}")
+    if skipped:
+        out.print(f"skipped {len(skipped)} slot(s) between the archive's slots: "
+                  + ", ".join(iso(r.time) for r in skipped[:12]) + (" ..." if len(skipped) > 12 else ""))
     if report.failed:
         raise typer.Exit(1)
 

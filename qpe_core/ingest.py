@@ -21,7 +21,8 @@ Progress = Callable[[str], None]
 
 @dataclass
 class SlotResult:
-    """Outcome of ingesting one slot: ``status`` is 'written' or 'failed'."""
+    """Outcome of ingesting one slot: ``status`` is 'written', 'skipped' (a 5-minute slot
+    between the archive's slots) or 'failed' (``reason`` says why)."""
 
     kind: str
     time: pd.Timestamp | None
@@ -79,7 +80,7 @@ def ingest_seviri(files: Sequence[str | Path], archive: Archive, cache_dir: str 
         return read_seviri(paths, area=archive.area, channels=archive.channels, cache_dir=cache_dir,
                            expect_time=t, slot_minutes=archive.slot_minutes)
 
-    return _run("seviri", seviri_units(files), read, archive.write_seviri, progress)
+    return _run("seviri", seviri_units(files), read, archive.write_seviri, archive.slot_minutes, progress)
 
 
 def ingest_radar(files: Sequence[str | Path], archive: Archive, cache_dir: str | Path | None = None,
@@ -100,16 +101,17 @@ def ingest_radar(files: Sequence[str | Path], archive: Archive, cache_dir: str |
         if p.suffix == ".npz":
             def read(_t, ps):
                 slots = read_meteonet(ps[0], area=archive.area)
-                return [s for s in slots if pd.Timestamp(s["time"].values).minute % archive.slot_minutes == 0]
+                return slots
         else:
             def read(_t, ps):
                 return read_odim(ps[0], area=archive.area, cache_dir=cache_dir)
-        report.results += _run("radar", [(None, [p])], read, archive.write_radar, progress).results
+        report.results += _run("radar", [(None, [p])], read, archive.write_radar, archive.slot_minutes,
+                               progress).results
     return report
 
 
 def _run(kind: str, units: Iterable[tuple[pd.Timestamp | None, list[Path]]], read, write,
-         progress: Progress | None) -> IngestReport:
+         slot_minutes: int, progress: Progress | None) -> IngestReport:
     import time
 
     report = IngestReport()
@@ -120,6 +122,11 @@ def _run(kind: str, units: Iterable[tuple[pd.Timestamp | None, list[Path]]], rea
             out = read(t, paths)
             slots = out if isinstance(out, list) else [out]
             for ds in slots:
+                ts = pd.Timestamp(ds["time"].values)
+                if ts != ts.floor(f"{slot_minutes}min"):
+                    report.results.append(SlotResult(kind, ts, names, "skipped",
+                                                     reason=f"not on the archive's {slot_minutes}-minute slots"))
+                    continue
                 w = write(ds)
                 report.results.append(SlotResult(kind, w.time, names, "written", w.coverage,
                                                  time.perf_counter() - t0))

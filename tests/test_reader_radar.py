@@ -199,6 +199,26 @@ def test_coarser_source_falls_back_to_nearest():
     np.testing.assert_array_equal(out, np.repeat(np.repeat(data, 2, axis=0), 2, axis=1))
 
 
+def test_lonlat_swath_and_area_sources_agree():
+    """A 0.01 deg lon/lat raster given as a SwathDefinition regrids like its AreaDefinition."""
+    from pyresample.geometry import SwathDefinition
+
+    from qpe_core.readers.meteonet import lonlat_source
+
+    lats, lons = np.meshgrid(48.5 - 0.01 * np.arange(150), -2.0 + 0.01 * np.arange(200), indexing="ij")
+    rng = np.random.default_rng(0)
+    data = rng.gamma(0.5, 2.0, lats.shape)
+    data[rng.random(lats.shape) < 0.3] = np.nan
+    area = lonlat_source(lats, lons)
+    assert isinstance(area, AreaDefinition)
+    by_area = regrid(data, area, "france-3km")
+    by_swath = regrid(data, SwathDefinition(lons=lons, lats=lats), "france-3km")
+    both = np.isfinite(by_area) & np.isfinite(by_swath)
+    assert both.sum() > 500
+    np.testing.assert_allclose(by_area[both], by_swath[both], rtol=1e-6)
+    assert (np.isfinite(by_area) != np.isfinite(by_swath)).sum() < 0.05 * both.sum()  # footprint edge only
+
+
 # --------------------------------------------------------------------------- ODIM, synthetic files
 
 
