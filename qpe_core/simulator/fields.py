@@ -173,8 +173,7 @@ class Advector:
 
     def prepare(self, drow, dcol) -> None:
         h, w = self.shape
-        r = self.rows - drow
-        c = self.cols - dcol
+        r, c = np.broadcast_arrays(self.rows - drow, self.cols - dcol)
         r0 = np.floor(r)
         c0 = np.floor(c)
         fr = (r - r0).ravel()
@@ -245,10 +244,10 @@ class Dynamics:
         lp = gaussian_transfer(k, 30.0)
         self.uth_mix = self._mixer(lp, amp, weight, {CIRRUS: 0.8, STRAT: 0.5, ENVELOPE: 0.4})
         self.rh_mix = self._mixer(lp, amp, weight, {LOW: 0.6, STRAT: 0.6, ENVELOPE: 0.3})
-        du = 2j * math.pi * ky * amp[PSI]
-        dv = 2j * math.pi * kx * amp[PSI]
-        self.d_row = (du / math.sqrt(spectral_variance(np.abs(du) ** 2, weight, self.shape))).astype(np.complex64)
-        self.d_col = (dv / math.sqrt(spectral_variance(np.abs(dv) ** 2, weight, self.shape))).astype(np.complex64)
+        du, dv = 2j * math.pi * ky + 0 * kx, 2j * math.pi * kx + 0 * ky    # d/drow, d/dcol per km
+        self.d_row = (du / math.sqrt(spectral_variance(np.abs(du * amp[PSI]) ** 2, weight, self.shape)))
+        self.d_col = (dv / math.sqrt(spectral_variance(np.abs(dv * amp[PSI]) ** 2, weight, self.shape)))
+        self.d_row, self.d_col = self.d_row.astype(np.complex64), self.d_col.astype(np.complex64)
         decay = math.exp(-self.dt / p.anvil_life_min)
         self.anvil_keep = (decay * gaussian_transfer(k, p.anvil_spread_km * math.sqrt(self.dt / 15))).astype(np.float32)
         self.anvil_src = gaussian_transfer(k, p.anvil_source_km).astype(np.float32)
@@ -261,7 +260,7 @@ class Dynamics:
         rho = (1 - p.conv_mix ** 2) * rho_c ** (self.lags[1] - self.lags[0]) + p.conv_mix ** 2
         self.lag_norm = 1.0 / math.sqrt(self.lag_w[0] ** 2 + w2 ** 2 + 2 * self.lag_w[0] * w2 * rho)
         # state: lower = [strat, conv, low, updraft(t-1), ..., updraft(t-nlag)], upper = [cirrus, anvil]
-        out = self._inverse([self.spec[i] for i in range(6)] + [self._wind_spec()])
+        out = self._inverse([self.spec[i] for i in range(6)] + self._wind_spec())
         self.lower = np.zeros((3 + self.lags[1], h, w), np.float32)
         self.lower[:3] = out[:3]
         self.upper = np.stack([out[CIRRUS], np.zeros((h, w), np.float32)])
