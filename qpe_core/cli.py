@@ -38,6 +38,8 @@ ArchiveUrl = Annotated[Optional[str], typer.Option("--archive", help="archive cu
 def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
           config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file")] = None):
     _state.update(debug=debug, config=config)
+    if config is not None:
+        settings()  # fail early, naming the file, for every command
 
 
 def settings(**overrides):
@@ -210,26 +212,14 @@ def demo(workdir: Annotated[Path, typer.Option(help="where the demo archive goes
 
 
 def main() -> None:
-    """Console-script entry point with one-line user errors."""
+    """Console-script entry point: usage errors are click's; user errors one red line, exit 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except QpeError as exc:
         if _state["debug"]:
             raise
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own formatting
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ class LatentSpec:
 #: strat, conv, low: steering-level advection; cirrus: upper level; the rest: spectral shift.
 LATENTS = (
     LatentSpec("strat", 3.0, 300.0, 45.0, 0.8),
-    LatentSpec("conv", 2.4, 60.0, 30.0, 0.7),
+    LatentSpec("conv", 3.3, 150.0, 50.0, 0.7),
     LatentSpec("low", 3.3, 300.0, 120.0, 0.5),
     LatentSpec("cirrus", 3.2, 300.0, 90.0, 0.6),
     LatentSpec("envelope", 4.0, 400.0, 600.0, 0.0),
@@ -73,24 +73,25 @@ class FieldParams:
     strat_mix: float = 0.35            # weight of the envelope in the stratiform field
     strat_rain_thr: float = 1.2
     strat_cloud_margin: float = 0.7    # the deck extends this far below the rain threshold
-    strat_median_mmh: float = 1.0
-    strat_sigma_ln: float = 0.8
+    strat_median_mmh: float = 1.2
+    strat_sigma_ln: float = 0.95
     conv_mix: float = 0.55             # weight of the envelope in the convective field
     conv_diurnal: float = 0.35         # diurnal forcing (peak 16 local solar time)
     conv_tower_thr: float = 1.6
     conv_rain_thr: float = 1.9
     conv_mature: float = 2.4
+    conv_core_thr: float = 2.3         # cloud_type 2 (convective core) above this
     conv_overshoot_thr: float = 2.8
-    conv_median_mmh: float = 9.0
-    conv_sigma_ln: float = 0.75
+    conv_median_mmh: float = 6.0
+    conv_sigma_ln: float = 0.7
     efficiency_ln: float = 0.35        # sd of log precipitation efficiency
     rain_lead_min: float = 20.0        # cloud tops lead rain by this (min)
     anvil_thr: float = 2.0
     anvil_production: float = 40.0     # optical depth per latent unit per 15 min
-    anvil_life_min: float = 120.0
+    anvil_life_min: float = 90.0
     anvil_spread_km: float = 4.0       # Gaussian spreading per 15 min (km)
     anvil_source_km: float = 8.0       # width of the detrainment source (km)
-    cirrus_thr: float = 0.7
+    cirrus_thr: float = 1.0
     cirrus_tau_max: float = 4.5
     low_thr: float = 0.9
     wetness_sd: float = 0.3            # sd of the synoptic wetness offset (latent units)
@@ -396,7 +397,7 @@ class Dynamics:
         eps_hi = 1.0 - np.exp(-0.5 * tau_hi)
         ctype = np.zeros(self.shape, np.int8)
         ctype[tau_main > 0.45] = 1
-        ctype[tower & (z_tow >= z_main) & (updraft > p.conv_rain_thr)] = 2
+        ctype[tower & (z_tow >= z_main) & (updraft > p.conv_core_thr)] = 2
         ctype[eps_hi > 0.2] = 4
         ctype[(eps_hi >= 0.85) & (tau_an >= tau_ci)] = 3
         st.z_main, st.tau_main = z_main.astype(f32), tau_main.astype(f32)

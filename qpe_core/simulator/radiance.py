@@ -204,7 +204,10 @@ class RadianceModel:
         for _ in range(2):
             z = self._nearest(z_vis, z)
         self.adv.prepare(z * self.geo.parallax_row, z * self.geo.parallax_col)
-        tau_m, z_m, tau_h, z_h = self.adv(np.stack([st.tau_main, st.z_main, st.tau_high, st.z_high]))
+        tau_m, tz_m, tau_h, tz_h = self.adv(np.stack([st.tau_main, st.tau_main * st.z_main,
+                                                      st.tau_high, st.tau_high * st.z_high]))
+        z_m = tz_m / np.maximum(tau_m, 1e-6)      # optical-depth weighted: no dilution at edges
+        z_h = tz_h / np.maximum(tau_h, 1e-6)
         return tau_m, z_m, tau_h, z_h, self._nearest(st.cloud_type, z), z
 
     def __call__(self, st: FieldState, th: Thermal, time: pd.Timestamp):
