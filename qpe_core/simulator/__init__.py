@@ -28,11 +28,13 @@ import xarray as xr
 from qpe_core.config import DEFAULT_CHANNELS
 from qpe_core.grids import get_spec, lonlats
 from qpe_core.simulator.fields import Dynamics, FieldParams, power_law_amplitude, wavenumbers
-from qpe_core.simulator.radiance import CHANNELS, Geometry, RadianceModel, diurnal_forcing, thermal_state
+from qpe_core.simulator.radiance import (CHANNELS, CloudParams, Geometry, RadianceModel, cloud_layers,
+                                         convective_forcing, thermal_state)
 from qpe_core.slots import radar_slot, seviri_slot
 from qpe_core.timeutil import slot_range, to_utc
 
-__all__ = ["Simulator", "simulate", "FieldParams", "CHANNELS", "CLOUD_TYPES", "SOURCE", "default_lonlat"]
+__all__ = ["Simulator", "simulate", "FieldParams", "CloudParams", "CHANNELS", "CLOUD_TYPES", "SOURCE",
+           "default_lonlat"]
 
 SOURCE = "qpe simulator"
 #: Codes of the ``cloud_type`` diagnostic.
@@ -43,7 +45,7 @@ DEFAULT_CENTRE = (2.5, 46.5)        # lon, lat (deg) of the default box over Fra
 def default_lonlat(shape: tuple[int, int], pixel_km: float, centre=DEFAULT_CENTRE):
     """Lon/lat (deg) of a north-up box of ``shape`` pixels of ``pixel_km`` km around ``centre``."""
     h, w = shape
-    lat = centre[1] + (h / 2.0 - 0.5 - np.arange(h)) * pixel_km / 111.2
+    lat = np.clip(centre[1] + (h / 2.0 - 0.5 - np.arange(h)) * pixel_km / 111.2, -85.0, 85.0)
     lat2 = np.repeat(lat[:, None], w, axis=1)
     cols = np.arange(w) - w / 2.0 + 0.5
     lon2 = centre[0] + cols[None, :] * pixel_km / (111.2 * np.cos(np.radians(lat2)))
@@ -56,11 +58,13 @@ class Simulator:
     ``shape`` (H, W); ``pixel_km`` pixel size (km); ``seed`` fixes everything; ``lon``/``lat``
     (deg, (H, W)) default to a box over France; ``channels`` SEVIRI IR names (IR_039 allowed);
     ``slot_minutes`` the time step (min); ``spinup_slots`` slots run before the first
-    ``step`` so that anvils and histories are developed; ``workers`` FFT threads."""
+    ``step`` so that anvils and histories are developed; ``params``/``cloud_params`` tuning
+    constants; ``workers`` FFT threads (results do not depend on it)."""
 
     def __init__(self, shape: tuple[int, int], pixel_km: float, seed: int, lon=None, lat=None,
                  channels: Sequence[str] = DEFAULT_CHANNELS, slot_minutes: int = 15,
-                 spinup_slots: int = 16, params: FieldParams | None = None, workers: int | None = None):
+                 spinup_slots: int = 16, params: FieldParams | None = None,
+                 cloud_params: CloudParams | None = None, workers: int | None = None):
         shape = (int(shape[0]), int(shape[1]))
         if min(shape) < 8 or pixel_km <= 0 or slot_minutes <= 0:
             raise ValueError(f"need shape >= 8x8, pixel_km > 0 and slot_minutes > 0; got {shape}, {pixel_km}, "
@@ -71,14 +75,19 @@ class Simulator:
             lon, lat = default_lonlat(shape, pixel_km)
         if np.shape(lon) != shape or np.shape(lat) != shape:
             raise ValueError(f"lon/lat must have shape {shape}")
+        if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+            raise ValueError("lon/lat must be finite (a grid on the Earth, no space pixels)")
         self.shape, self.pixel_km, self.seed = shape, float(pixel_km), int(seed)
-        self.channels, self.slot_minutes, self.spinup_slots = list(channels), int(slot_minutes), int(spinup_slots)
+        self.channels, self.slot_minutes = list(channels), int(slot_minutes)
+        self.spinup_slots = int(spinup_slots)
         seeds = np.random.SeedSequence(self.seed).spawn(3)
         workers = workers or min(4, os.cpu_count() or 1)
         self.geo = Geometry(lon, lat)
-        self.dynamics = Dynamics(shape, pixel_km, np.random.default_rng(seeds[0]), slot_minutes, params, workers)
-        self.radiance = RadianceModel(self.geo, self.channels, np.random.default_rng(seeds[1]))
-        self.surface = self._surface(np.random.default_rng(seeds[2]))
+        rng = [np.random.default_rng(s) for s in seeds]
+        self.dynamics = Dynamics(shape, pixel_km, rng[0], slot_minutes, params, workers)
+        self.radiance = RadianceModel(self.geo, self.channels, rng[1])
+        self.surface = self._surface(rng[2])
+        self.cloud_params = cloud_params or CloudParams()
         self.time: pd.Timestamp | None = None
 
     def _surface(self, rng: np.random.Generator) -> np.ndarray:
@@ -90,8 +99,8 @@ class Simulator:
 
     def _advance(self, time: pd.Timestamp):
         th = thermal_state(self.geo, time, self.surface)
-        state = self.dynamics.step(diurnal_forcing(self.geo, time), th.z_trop)
-        return th, state
+        state = self.dynamics.step(convective_forcing(self.geo, time))
+        return th, state, cloud_layers(state, th.z_trop, self.dynamics.p, self.cloud_params)
 
     def step(self, time) -> tuple[np.ndarray, np.ndarray, dict]:
         """Advance one slot to ``time`` (UTC; sets the sun and diurnal cycle, the dynamics
@@ -106,9 +115,9 @@ class Simulator:
             step = pd.Timedelta(minutes=self.slot_minutes)
             for i in range(self.spinup_slots, 0, -1):
                 self._advance(time - i * step)
-        th, state = self._advance(time)
-        bt, diag = self.radiance(state, th, time)
-        diag.update(cloud_type_ground=state.cloud_type, rain_convective=state.rain_conv,
+        th, state, clouds = self._advance(time)
+        bt, diag = self.radiance(state, clouds, th, time)
+        diag.update(cloud_type_ground=clouds.cloud_type, rain_convective=state.rain_conv,
                     rain_stratiform=state.rain_strat, surface_k=th.t_skin)
         self.time = time
         return bt, state.rain, diag

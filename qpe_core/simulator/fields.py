@@ -6,23 +6,19 @@ optical depths dimensionless (visible, ~2x the thermal absorption optical depth)
 Latent fields are unit-variance Gaussian random fields with power-law spectra,
 ``PSD(k) ~ (k**2 + k0**2) ** (-beta/2)``, evolving as AR(1) processes in Fourier
 space with scale-dependent lifetimes ``tau(L) = tau_ref * (L / l_ref) ** alpha``
-(as in STEPS, Seed 2003).  The fields that carry small-scale structure are moved
-by backward semi-Lagrangian (bilinear) advection with a smooth, slowly varying
-two-level wind; the purely large-scale ones are shifted exactly in Fourier space.
+(STEPS, Seed 2003), moved by backward semi-Lagrangian advection with a smooth,
+slowly varying two-level wind (large-scale fields: exact Fourier shift).  Rain:
 
-Rain and cloud layers are non-linear transforms of the latent fields:
-
-* stratiform rain: lognormal quantile mapping of the exceedance of the "strat"
-  field above a threshold (median ~1 mm/h); its nimbostratus deck extends beyond
-  the rain with low/mid tops (2.5-7.5 km);
-* convective rain: the same transform of the "conv" field (median ~9 mm/h, times a
-  precipitation-efficiency field invisible to IR) modulated by a slow instability
-  envelope and the diurnal cycle.  Towers (cloud tops) follow the *current*
-  updraft field while rain follows it ``rain_lead_min`` later, so tops cool before
-  the rain peaks;
-* anvils: ice optical depth produced by mature updrafts, spread and advected by
-  the upper-level wind, decaying into thin cirrus;
-* synoptic cirrus and non-raining low cloud from their own latent fields.
+* stratiform: the "strat" field above the threshold that gives a slowly varying
+  synoptic wet fraction (median 10 %, 2-22 %), intensities lognormal by rank
+  (median ~1.2 mm/h, higher on wetter days);
+* convective: the "conv" field, clustered by a slow instability envelope and the
+  diurnal/seasonal forcing, mapped to a lognormal (median ~6 mm/h, times a
+  precipitation efficiency invisible to IR).  Rain follows the updraft
+  ``rain_lead_min`` (20 min) late, while cloud tops and anvil ice follow it at once,
+  so tops cool before the rain peaks;
+* anvils: ice optical depth detrained by mature updrafts, spread, advected by the
+  upper-level wind and decaying into thin cirrus (cloud layers: :mod:`.radiance`).
 """
 
 from __future__ import annotations
@@ -33,8 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 from scipy import special
-
-Z_CLOUD_BASE_KM = 1.5
 
 
 @dataclass(frozen=True)
@@ -47,17 +41,18 @@ class LatentSpec:
     tau_ref_min: float
     alpha: float = 0.8
     l_ref_km: float = 16.0
+    smooth_km: float = 0.0      # Gaussian taper of the spectrum (removes scales below ~3x this)
 
 
 #: strat, conv, low: steering-level advection; cirrus: upper level; the rest: spectral shift.
 LATENTS = (
-    LatentSpec("strat", 3.0, 300.0, 45.0, 0.8),
+    LatentSpec("strat", 3.6, 600.0, 45.0, 0.8),
     LatentSpec("conv", 3.3, 150.0, 50.0, 0.7),
     LatentSpec("low", 3.3, 300.0, 120.0, 0.5),
     LatentSpec("cirrus", 3.2, 300.0, 90.0, 0.6),
     LatentSpec("envelope", 4.0, 400.0, 600.0, 0.0),
     LatentSpec("efficiency", 3.0, 150.0, 180.0, 0.0),
-    LatentSpec("psi", 5.0, 600.0, 360.0, 0.0),
+    LatentSpec("psi", 5.0, 600.0, 360.0, 0.0, smooth_km=60.0),
 )
 STRAT, CONV, LOW, CIRRUS, ENVELOPE, EFFICIENCY, PSI = range(7)
 
@@ -71,30 +66,24 @@ class FieldParams:
     shear_ms: float = 12.0             # upper minus steering wind (m/s), mostly westerly
     wind_memory_min: float = 720.0     # memory of the mean wind direction/speed (min)
     strat_mix: float = 0.35            # weight of the envelope in the stratiform field
-    strat_rain_thr: float = 1.2
+    strat_fraction: float = 0.10       # median stratiform wet fraction of the domain
     strat_cloud_margin: float = 0.7    # the deck extends this far below the rain threshold
     strat_median_mmh: float = 1.2
     strat_sigma_ln: float = 0.95
+    strat_wetness_ln: float = 0.2      # wetter days rain harder: log-median shift per wetness sd
     conv_mix: float = 0.55             # weight of the envelope in the convective field
-    conv_diurnal: float = 0.35         # diurnal forcing (peak 16 local solar time)
-    conv_tower_thr: float = 1.6
+    conv_diurnal: float = 0.35         # weight of the diurnal/seasonal forcing
     conv_rain_thr: float = 1.9
-    conv_mature: float = 2.4
-    conv_core_thr: float = 2.3         # cloud_type 2 (convective core) above this
-    conv_overshoot_thr: float = 2.8
     conv_median_mmh: float = 6.0
     conv_sigma_ln: float = 0.7
     efficiency_ln: float = 0.35        # sd of log precipitation efficiency
     rain_lead_min: float = 20.0        # cloud tops lead rain by this (min)
     anvil_thr: float = 2.0
-    anvil_production: float = 40.0     # optical depth per latent unit per 15 min
-    anvil_life_min: float = 90.0
+    anvil_production: float = 25.0     # optical depth per latent unit per 15 min
+    anvil_life_min: float = 75.0
     anvil_spread_km: float = 4.0       # Gaussian spreading per 15 min (km)
     anvil_source_km: float = 8.0       # width of the detrainment source (km)
-    cirrus_thr: float = 1.0
-    cirrus_tau_max: float = 4.5
-    low_thr: float = 0.9
-    wetness_sd: float = 0.3            # sd of the synoptic wetness offset (latent units)
+    wetness_sd: float = 0.45           # sd of log stratiform wet fraction (synoptic wetness)
     wetness_memory_min: float = 1440.0
     min_rain_mmh: float = 0.1          # radar detection threshold: below is 0
     max_rain_mmh: float = 250.0
@@ -102,19 +91,20 @@ class FieldParams:
 
 @dataclass
 class FieldState:
-    """Ground-frame fields at one slot (all (H, W) float32 unless noted)."""
+    """Ground-frame fields at one slot, (H, W) float32 unless noted (cloud layers are
+    built from them by :func:`qpe_core.simulator.radiance.cloud_layers`)."""
 
     rain: np.ndarray            # mm/h, 0 where dry
-    rain_conv: np.ndarray       # mm/h
-    rain_strat: np.ndarray      # mm/h
-    z_main: np.ndarray          # km, top of the liquid/mixed layer (0 where none)
-    tau_main: np.ndarray        # visible optical depth of that layer
-    z_high: np.ndarray          # km, top of the ice layer (anvil + cirrus)
-    tau_high: np.ndarray        # visible optical depth of the ice layer
-    cloud_type: np.ndarray      # int8: 0 clear, 1 low/strat, 2 conv core, 3 anvil, 4 cirrus
+    rain_conv: np.ndarray       # mm/h, convective part
+    rain_strat: np.ndarray      # mm/h, stratiform part
+    strat: np.ndarray           # stratiform latent (std units, with the envelope)
+    deck_thr: float             # strat above this: nimbostratus deck
+    updraft: np.ndarray         # convective latent now (std units, with envelope and forcing)
+    low: np.ndarray             # low-cloud latent (std units)
+    cirrus: np.ndarray          # cirrus latent (std units, upper level)
+    anvil: np.ndarray           # anvil ice visible optical depth
     uth: np.ndarray             # upper-tropospheric relative humidity (0-1)
     rh_mid: np.ndarray          # mid-tropospheric relative humidity (0-1)
-    updraft: np.ndarray         # convective latent (std units, with envelope and diurnal forcing)
 
 
 # ----------------------------------------------------------------------------- spectra
@@ -138,9 +128,10 @@ def spectral_variance(power: np.ndarray, weight: np.ndarray, shape) -> float:
     return float(np.sum(power * weight) / (shape[0] * shape[1]))
 
 
-def power_law_amplitude(k, weight, shape, beta: float, outer_km: float) -> np.ndarray:
-    """Amplitude filter of a zero-mean unit-variance field with PSD ``(k^2+k0^2)^(-beta/2)``."""
-    amp = (k ** 2 + (1.0 / outer_km) ** 2) ** (-beta / 4.0)
+def power_law_amplitude(k, weight, shape, beta: float, outer_km: float, smooth_km: float = 0.0) -> np.ndarray:
+    """Amplitude filter of a zero-mean unit-variance field with PSD ``(k^2+k0^2)^(-beta/2)``
+    (times a Gaussian taper of ``smooth_km`` km when > 0)."""
+    amp = (k ** 2 + (1.0 / outer_km) ** 2) ** (-beta / 4.0) * gaussian_transfer(k, smooth_km)
     amp[0, 0] = 0.0
     return amp / math.sqrt(spectral_variance(amp ** 2, weight, shape))
 
@@ -175,14 +166,12 @@ class Advector:
     def prepare(self, drow, dcol) -> None:
         h, w = self.shape
         r, c = np.broadcast_arrays(self.rows - drow, self.cols - dcol)
-        r0 = np.floor(r)
-        c0 = np.floor(c)
-        fr = (r - r0).ravel()
-        fc = (c - c0).ravel()
-        i0 = r0.astype(np.intp).ravel() % h
-        j0 = c0.astype(np.intp).ravel() % w
-        i1 = (i0 + 1) % h * w
-        j1 = (j0 + 1) % w
+        r = r.ravel() + np.float32(8 * h)          # positive, so truncation is floor
+        c = c.ravel() + np.float32(8 * w)          # (displacements < 8 domain sizes)
+        i0, j0 = r.astype(np.int32), c.astype(np.int32)
+        fr, fc = r - i0, c - j0
+        i0, j0 = i0 % h, j0 % w
+        i1, j1 = np.where(i0 == h - 1, 0, i0 + 1) * w, np.where(j0 == w - 1, 0, j0 + 1)
         i0 *= w
         self.idx = [i0 + j0, i0 + j1, i1 + j0, i1 + j1]
         gr, gc = 1.0 - fr, 1.0 - fc
@@ -213,6 +202,33 @@ def lognormal_excess(z: np.ndarray, z0: float, mu, sigma: float) -> np.ndarray:
     return out
 
 
+def lognormal_ranked(z: np.ndarray, z0: float, mu: float, sigma: float) -> np.ndarray:
+    """Rain rate (mm/h): 0 where ``z <= z0``; above, exactly lognormal(mu, sigma) over the
+    exceedance set by rank (monotone in ``z``, so the spatial structure is kept and the
+    weakest rain lies at the edges), whatever the sample statistics of ``z``."""
+    out = np.zeros(z.shape, dtype=np.float32)
+    wet = z > z0
+    n = int(np.count_nonzero(wet))
+    if n == 0:
+        return out
+    ranks = np.empty(n, np.float64)
+    ranks[np.argsort(z[wet], kind="stable")] = np.arange(n)
+    out[wet] = np.exp(mu + sigma * special.ndtri((ranks + 0.5) / n))
+    return out
+
+
+def fast_normal(rng: np.random.Generator, shape) -> np.ndarray:
+    """Approximately standard-normal float32 noise (Irwin-Hall: sum of 4 uniform random bytes,
+    excess kurtosis -0.3), ~3x cheaper than ``standard_normal``.  Used for sensor noise and
+    spectral innovations (whose real-space sums are Gaussian by the central limit theorem)."""
+    n = int(np.prod(shape))
+    b = np.frombuffer(rng.bytes(4 * n), np.uint8).reshape(4, n)
+    out = b[0].astype(np.float32)
+    for row in b[1:]:
+        out += row
+    return ((out - 510.0) * (1.0 / math.sqrt(4 * (256 ** 2 - 1) / 12.0))).reshape(shape)
+
+
 def ou_step(x: float, memory_min: float, dt_min: float, sd: float, rng) -> float:
     """One step of a stationary Ornstein-Uhlenbeck scalar with the given sd."""
     rho = math.exp(-dt_min / memory_min)
@@ -230,29 +246,37 @@ class Dynamics:
     def __init__(self, shape, pixel_km: float, rng: np.random.Generator, slot_minutes: float = 15,
                  params: FieldParams | None = None, workers: int = 2):
         self.shape, self.pixel_km, self.rng, self.dt = tuple(shape), float(pixel_km), rng, float(slot_minutes)
-        self.p = p = params or FieldParams()
+        self.p = params or FieldParams()
         self.workers = workers
-        h, w = self.shape
         kx, ky, k, weight = wavenumbers(self.shape, pixel_km)
         self.kx, self.ky = kx.astype(np.float32), ky.astype(np.float32)
-        amp = np.stack([power_law_amplitude(k, weight, self.shape, s.beta, s.outer_km) for s in LATENTS])
+        amp = np.stack([power_law_amplitude(k, weight, self.shape, s.beta, s.outer_km, s.smooth_km)
+                        for s in LATENTS])
         phi = np.stack([ar_coefficient(k, s, self.dt) for s in LATENTS])
-        colfix = np.where(weight == 1.0, math.sqrt(2.0), 1.0) * math.sqrt(h * w / 2.0)
+        colfix = np.where(weight == 1.0, math.sqrt(2.0), 1.0) * math.sqrt(self.shape[0] * self.shape[1] / 2.0)
         self.phi = phi.astype(np.float32)
-        self.q = (np.sqrt(1.0 - phi ** 2) * amp * colfix).astype(np.float32)
-        self.spec = (amp * colfix * self._noise(len(LATENTS))).astype(np.complex64)
-        # humidity (smooth mixtures of fields) and wind-perturbation spectral operators
-        lp = gaussian_transfer(k, 30.0)
+        self.q = (np.sqrt(1.0 - phi ** 2) * amp * colfix).astype(np.float32)     # innovation amplitude
+        self.spec = (amp * colfix * self._noise(len(LATENTS))).astype(np.complex64)  # stationary start
+        self._init_operators(kx, ky, k, weight, amp)
+        self._init_lags(weight, amp, phi)
+        self._init_state()
+
+    def _init_operators(self, kx, ky, k, weight, amp) -> None:
+        """Spectral operators: humidity mixtures, wind from the streamfunction, anvil filters."""
+        p, lp = self.p, gaussian_transfer(k, 30.0)
         self.uth_mix = self._mixer(lp, amp, weight, {CIRRUS: 0.8, STRAT: 0.5, ENVELOPE: 0.4})
         self.rh_mix = self._mixer(lp, amp, weight, {LOW: 0.6, STRAT: 0.6, ENVELOPE: 0.3})
         du, dv = 2j * math.pi * ky + 0 * kx, 2j * math.pi * kx + 0 * ky    # d/drow, d/dcol per km
-        self.d_row = (du / math.sqrt(spectral_variance(np.abs(du * amp[PSI]) ** 2, weight, self.shape)))
-        self.d_col = (dv / math.sqrt(spectral_variance(np.abs(dv * amp[PSI]) ** 2, weight, self.shape)))
-        self.d_row, self.d_col = self.d_row.astype(np.complex64), self.d_col.astype(np.complex64)
-        decay = math.exp(-self.dt / p.anvil_life_min)
-        self.anvil_keep = (decay * gaussian_transfer(k, p.anvil_spread_km * math.sqrt(self.dt / 15))).astype(np.float32)
+        norm = [math.sqrt(spectral_variance(np.abs(d * amp[PSI]) ** 2, weight, self.shape)) for d in (du, dv)]
+        self.d_row, self.d_col = (du / norm[0]).astype(np.complex64), (dv / norm[1]).astype(np.complex64)
+        spread = gaussian_transfer(k, p.anvil_spread_km * math.sqrt(self.dt / 15.0))
+        self.anvil_keep = (math.exp(-self.dt / p.anvil_life_min) * spread).astype(np.float32)
         self.anvil_src = gaussian_transfer(k, p.anvil_source_km).astype(np.float32)
-        # rain lags the updraft by rain_lead_min: two history slots with linear weights
+
+    def _init_lags(self, weight, amp, phi) -> None:
+        """Rain lags the updraft by ``rain_lead_min``: two history slots with linear weights,
+        normalised to unit variance with the mean lag correlation of the updraft field."""
+        p = self.p
         lag = max(p.rain_lead_min / self.dt, 1.0)
         self.lags = (int(math.floor(lag)), int(math.ceil(lag)))
         w2 = lag - self.lags[0] if self.lags[1] > self.lags[0] else 0.0
@@ -260,24 +284,27 @@ class Dynamics:
         rho_c = float(np.sum(weight * amp[CONV] ** 2 * phi[CONV]) / np.sum(weight * amp[CONV] ** 2))
         rho = (1 - p.conv_mix ** 2) * rho_c ** (self.lags[1] - self.lags[0]) + p.conv_mix ** 2
         self.lag_norm = 1.0 / math.sqrt(self.lag_w[0] ** 2 + w2 ** 2 + 2 * self.lag_w[0] * w2 * rho)
-        # state: lower = [strat, conv, low, updraft(t-1), ..., updraft(t-nlag)], upper = [cirrus, anvil]
+
+    def _init_state(self) -> None:
+        """Real-space state: ``lower`` = [strat, conv, low, updraft(t-1), ..., updraft(t-nlag)]
+        (steering level), ``upper`` = [cirrus, anvil] (upper level), plus scalar OU states."""
+        h, w = self.shape
         out = self._inverse([self.spec[i] for i in range(6)] + self._wind_spec())
         self.lower = np.zeros((3 + self.lags[1], h, w), np.float32)
         self.lower[:3] = out[:3]
         self.upper = np.stack([out[CIRRUS], np.zeros((h, w), np.float32)])
-        self.envelope, self.efficiency = out[ENVELOPE], out[EFFICIENCY]
-        self.wind = out[6:8]
+        self.envelope, self.efficiency, self.wind = out[ENVELOPE], out[EFFICIENCY], out[6:8]
         self.angle = self.rng.normal(0.0, 0.6)    # motion direction, rad from east (westerlies)
         self.speed_ln = self.rng.normal(0.0, 0.3)
         self.shear_angle = self.rng.normal(0.0, 0.3)
-        self.wetness = self.rng.normal(0.0, p.wetness_sd)
+        self.wetness = float(self.rng.standard_normal())
+        self.strat_thr = 1.28
         self.started = False
         self.adv_lower, self.adv_upper = Advector(self.shape), Advector(self.shape)
 
     def _noise(self, n: int) -> np.ndarray:
         h, w = self.shape
-        z = self.rng.standard_normal((n, h, w // 2 + 1, 2), dtype=np.float32)
-        return z.view(np.complex64)[..., 0]
+        return fast_normal(self.rng, (n, h, w // 2 + 1, 2)).view(np.complex64)[..., 0]
 
     def _mixer(self, lp, amp, weight, coefs: dict) -> dict:
         var = sum(c * c * spectral_variance((lp * amp[i]) ** 2, weight, self.shape) for i, c in coefs.items())
@@ -295,7 +322,7 @@ class Dynamics:
         self.angle = ou_step(self.angle, p.wind_memory_min, dt, 0.6, self.rng)
         self.speed_ln = ou_step(self.speed_ln, p.wind_memory_min, dt, 0.3, self.rng)
         self.shear_angle = ou_step(self.shear_angle, p.wind_memory_min, dt, 0.3, self.rng)
-        self.wetness = ou_step(self.wetness, p.wetness_memory_min, dt, p.wetness_sd, self.rng)
+        self.wetness = ou_step(self.wetness, p.wetness_memory_min, dt, 1.0, self.rng)
         px = dt * 60.0 / (self.pixel_km * 1000.0)          # (m/s) -> pixels per slot
         speed = p.steer_speed_ms * math.exp(self.speed_ln)
         mean_row = -speed * math.sin(self.angle) * px      # rows grow southward
@@ -315,91 +342,69 @@ class Dynamics:
         self.adv_upper.prepare(*upper)
         self.lower = self.adv_lower(self.lower)
         self.upper = self.adv_upper(self.upper)
-        source = np.maximum(self.lower[3] - p.anvil_thr, 0.0) * (p.anvil_production * self.dt / 15.0)
-        fwd = sfft.rfft2(np.concatenate([self.lower[:3], self.upper, source[None]]),
-                         axes=(-2, -1), workers=self.workers)
+        fwd = sfft.rfft2(np.concatenate([self.lower[:3], self.upper]), axes=(-2, -1), workers=self.workers)
         noise = self._noise(len(LATENTS))
         spec, phi, q = self.spec, self.phi, self.q
         spec[:3] = phi[:3] * fwd[:3] + q[:3] * noise[:3]
         spec[CIRRUS] = phi[CIRRUS] * fwd[3] + q[CIRRUS] * noise[CIRRUS]
-        shift = np.exp((-2j * math.pi * self.pixel_km) * (self.ky * mean[0] + self.kx * mean[1])).astype(np.complex64)
+        phase = (-2j * math.pi * self.pixel_km) * (self.ky * mean[0] + self.kx * mean[1])
+        shift = np.exp(phase).astype(np.complex64)
         spec[4:] = phi[4:] * shift * spec[4:] + q[4:] * noise[4:]
-        anvil = self.anvil_keep * fwd[4] + self.anvil_src * fwd[5]
+        anvil = self.anvil_keep * fwd[4]
         uth = sum(c * spec[i] for i, c in self.uth_mix.items())
         rh = sum(c * spec[i] for i, c in self.rh_mix.items())
         return self._inverse([spec[i] for i in range(6)] + self._wind_spec() + [anvil, uth, rh])
 
-    def step(self, diurnal: np.ndarray, z_trop: np.ndarray) -> FieldState:
-        """Advance one slot.  ``diurnal`` in [-1, 1] (convective forcing, peak 16 LST),
-        ``z_trop`` tropopause height (km); both (H, W)."""
+    def step(self, forcing: np.ndarray) -> FieldState:
+        """Advance one slot; ``forcing`` (H, W) is the convective forcing (~[-1.7, 1.7],
+        diurnal + seasonal, see :func:`radiance.convective_forcing`)."""
         p = self.p
-        if self.started:
-            out = self._advance()
-            self.lower[:3] = out[:3]
-            self.upper[0] = out[CIRRUS]
-            self.upper[1] = np.maximum(out[8], 0.0)
-            self.envelope, self.efficiency, self.wind = out[ENVELOPE], out[EFFICIENCY], out[6:8]
-            uth, rh = out[9], out[10]
-        else:
-            uth, rh = self._inverse([sum(c * self.spec[i] for i, c in m.items()) for m in (self.uth_mix, self.rh_mix)])
-        mix = p.conv_mix
-        updraft = (math.sqrt(1 - mix * mix) * self.lower[CONV] + mix * self.envelope
-                   + p.conv_diurnal * diurnal).astype(np.float32)
+        uth, rh = self._evolve()
+        updraft = (math.sqrt(1 - p.conv_mix ** 2) * self.lower[CONV] + p.conv_mix * self.envelope
+                   + p.conv_diurnal * forcing).astype(np.float32)
         if not self.started:
             self.lower[3:] = updraft
             self.started = True
+        self._detrain(updraft)
         (l1, l2), (w1, w2) = self.lags, self.lag_w
         rain_latent = (w1 * self.lower[2 + l1] + w2 * self.lower[2 + l2]) * self.lag_norm
-        self.lower[4:] = self.lower[3:-1]
+        self.lower[4:] = self.lower[3:-1]          # push the updraft history
         self.lower[3] = updraft
-        strat = (math.sqrt(1 - p.strat_mix ** 2) * self.lower[STRAT] + p.strat_mix * self.envelope).astype(np.float32)
-        state = self._rain(strat, rain_latent)
-        self._clouds(state, strat, updraft, z_trop)
-        state.uth = special.expit(1.5 * uth - 0.2).astype(np.float32)
-        state.rh_mid = special.expit(1.5 * rh).astype(np.float32)
-        return state
-
-    def _rain(self, strat: np.ndarray, rain_latent: np.ndarray) -> FieldState:
-        p = self.p
-        r_s = lognormal_excess(strat, p.strat_rain_thr - self.wetness, math.log(p.strat_median_mmh), p.strat_sigma_ln)
-        mu_c = math.log(p.conv_median_mmh) + p.efficiency_ln * self.efficiency
-        r_c = lognormal_excess(rain_latent, p.conv_rain_thr, mu_c, p.conv_sigma_ln)
+        strat = math.sqrt(1 - p.strat_mix ** 2) * self.lower[STRAT] + p.strat_mix * self.envelope
+        r_s, r_c = self._rain(strat, rain_latent)
         rain = np.minimum(r_s + r_c, p.max_rain_mmh)
         rain[rain < p.min_rain_mmh] = 0.0
-        empty = np.empty(0, np.float32)
-        return FieldState(rain, r_c, r_s, *([empty] * 8))
+        return FieldState(rain, r_c, r_s, strat, self.strat_thr - p.strat_cloud_margin, updraft,
+                          self.lower[LOW].copy(), self.upper[0].copy(), self.upper[1].copy(),
+                          special.expit(1.5 * uth - 0.2).astype(np.float32),
+                          special.expit(1.5 * rh).astype(np.float32))
 
-    def _clouds(self, st: FieldState, strat: np.ndarray, updraft: np.ndarray, z_trop: np.ndarray) -> None:
-        """Cloud layers (ground frame): main liquid/mixed layer, ice layer and types."""
+    def _evolve(self):
+        """Move the latent state one slot (nothing on the first call); returns humidity latents."""
+        if not self.started:
+            mixes = (self.uth_mix, self.rh_mix)
+            return self._inverse([sum(c * self.spec[i] for i, c in m.items()) for m in mixes])
+        out = self._advance()
+        self.lower[:3] = out[:3]
+        self.upper[0], self.upper[1] = out[CIRRUS], out[8]
+        self.envelope, self.efficiency, self.wind = out[ENVELOPE], out[EFFICIENCY], out[6:8]
+        return out[9], out[10]
+
+    def _detrain(self, updraft: np.ndarray) -> None:
+        """Anvil ice detrained by mature updrafts now (before their rain), spread over the source width."""
         p = self.p
-        f32 = np.float32
-        grow = np.clip((updraft - p.conv_tower_thr) / (p.conv_mature - p.conv_tower_thr), 0.0, 1.0)
-        tower = updraft > p.conv_tower_thr
-        overshoot = 2.0 * np.clip(updraft - p.conv_overshoot_thr, 0.0, 1.0)
-        z_tow = np.where(tower, Z_CLOUD_BASE_KM + (z_trop - Z_CLOUD_BASE_KM) * (0.3 + 0.7 * grow) + overshoot, 0.0)
-        deck = strat - (p.strat_rain_thr - self.wetness - p.strat_cloud_margin)
-        z_ns = np.where(deck > 0, 2.5 + 5.0 * np.clip(deck / 1.6, 0.0, 1.0), 0.0)
-        tau_ns = 30.0 * np.clip(deck / p.strat_cloud_margin, 0.0, 1.0)
-        low = self.lower[LOW] - p.low_thr
-        z_lo = np.where(low > 0, 0.6 + 1.6 * np.clip(low / 1.5, 0.0, 1.0), 0.0)
-        tau_lo = np.where(low > 0, 2.0 + 14.0 * np.clip(low, 0.0, 1.0), 0.0)
-        z_main = np.maximum(np.maximum(z_tow, z_ns), z_lo)
-        tau_main = np.where(tower, 50.0, 0.0) + tau_ns + tau_lo
-        # ice layer: anvils near the tropopause, cirrus lower and thinner
-        ci = 0.917 * self.upper[0] + 0.4 * strat - p.cirrus_thr
-        tau_ci = np.where(ci > 0, p.cirrus_tau_max * np.tanh(np.maximum(ci, 0.0) / 1.2), 0.0)
-        z_ci = z_trop - 1.0 - 2.5 * np.exp(-2.0 * np.maximum(ci, 0.0))
-        tau_an = self.upper[1]
-        tau_hi = tau_an + tau_ci
-        z_hi = (tau_an * (z_trop - 0.7) + tau_ci * z_ci) / np.maximum(tau_hi, 1e-6)
-        pierce = tower & (z_tow > z_hi - 0.5)
-        tau_hi = np.where(pierce, 0.0, tau_hi)
-        eps_hi = 1.0 - np.exp(-0.5 * tau_hi)
-        ctype = np.zeros(self.shape, np.int8)
-        ctype[tau_main > 0.45] = 1
-        ctype[tower & (z_tow >= z_main) & (updraft > p.conv_core_thr)] = 2
-        ctype[eps_hi > 0.2] = 4
-        ctype[(eps_hi >= 0.85) & (tau_an >= tau_ci)] = 3
-        st.z_main, st.tau_main = z_main.astype(f32), tau_main.astype(f32)
-        st.z_high, st.tau_high = np.where(tau_hi > 0, z_hi, 0.0).astype(f32), tau_hi.astype(f32)
-        st.cloud_type, st.updraft = ctype, updraft
+        source = np.maximum(updraft - p.anvil_thr, 0.0) * (p.anvil_production * self.dt / 15.0)
+        source = sfft.irfft2(self.anvil_src * sfft.rfft2(source, workers=self.workers), s=self.shape,
+                             workers=self.workers)
+        self.upper[1] = np.maximum(self.upper[1] + source, 0.0)
+
+    def _rain(self, strat: np.ndarray, rain_latent: np.ndarray):
+        """Stratiform and convective rain rates (mm/h)."""
+        p = self.p
+        frac = min(max(p.strat_fraction * math.exp(p.wetness_sd * self.wetness), 0.02), 0.22)
+        k = int(frac * strat.size)
+        self.strat_thr = float(np.partition(strat.ravel(), strat.size - k - 1)[strat.size - k - 1])
+        mu_s = math.log(p.strat_median_mmh) + p.strat_wetness_ln * self.wetness
+        r_s = lognormal_ranked(strat, self.strat_thr, mu_s, p.strat_sigma_ln)
+        mu_c = math.log(p.conv_median_mmh) + p.efficiency_ln * self.efficiency
+        return r_s, lognormal_excess(rain_latent, p.conv_rain_thr, mu_c, p.conv_sigma_ln)
