@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(BIN)/qpe bench --what simulator,ingest
+	$(BIN)/qpe bench --what simulator,archive,ingest
 
 clean:
 	rm -rf data/demo .pytest_cache

@@ -8,6 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -55,10 +57,34 @@ def bench_ingest(area: str = "france-3km") -> dict:
     return out
 
 
+def bench_archive(area: str = "france-3km", n_slots: int = 24) -> dict:
+    """Simulated slots per second on a named grid, and archive write time per slot (7 channels + radar)."""
+    from qpe_core.archive import Archive
+    from qpe_core.config import DEFAULT_CHANNELS
+    from qpe_core.simulator import simulate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        arc = Archive.create(f"{tmp}/a.zarr", area, DEFAULT_CHANNELS)
+        times = pd.date_range("2024-06-01", periods=n_slots, freq="15min")
+        arc.ensure_range(times[0], times[-1])
+        t0 = time.perf_counter()
+        slots = list(simulate(area, times[0], n_slots, seed=0))
+        t_sim = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for sev, radar in slots:
+            arc.write_seviri(sev)
+            arc.write_radar(radar)
+        t_write = time.perf_counter() - t0
+    return {"area": area, "slots": n_slots, "simulate_s_per_slot": round(t_sim / n_slots, 4),
+            "simulate_note": "includes the 16-slot spin-up", "write_s_per_slot": round(t_write / n_slots, 4)}
+
+
 def run_benchmarks(which: list[str], n_slots: int = 1000) -> dict:
     result = {"machine": _machine()}
     if "simulator" in which:
         result["simulator"] = bench_simulator(n_slots)
+    if "archive" in which:
+        result["archive"] = bench_archive()
     if "ingest" in which:
         result["ingest"] = bench_ingest()
     return result

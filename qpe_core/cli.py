@@ -194,7 +194,7 @@ def archive_stack(url: Annotated[str, typer.Argument(help="archive cube path or 
 
 
 @app.command()
-def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,ingest")] = "simulator",
+def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,archive,ingest")] = "simulator,archive",
           slots: Annotated[int, typer.Option(help="simulator slots")] = 1000):
     """Measure throughput; prints JSON on stdout."""
     from qpe_core.benchmarks import run_benchmarks

@@ -99,3 +99,26 @@ def test_empty_file_list_and_missing_file(tmp_path):
 def test_user_errors_are_one_line(args, message):
     res = run_qpe(*args)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_simulate_then_info_and_stack(tmp_path):
+    url = str(tmp_path / "sim.zarr")
+    res = run_qpe("simulate", "--start", "2024-06-01T00:00Z", "--periods", "8", "--seed", "4", "--archive", url)
+    assert res.returncode == 0, res.stderr
+    assert "simulated 8 slots" in res.stdout
+    info = json.loads(run_qpe("archive", "info", url, "--json").stdout)
+    assert info["bt"]["slots"] == info["rain"]["slots"] == info["paired_slots"] == 8
+    assert info["bt"]["mean_coverage"] == 1.0 and info["bt"]["gaps"] == []
+    res = run_qpe("archive", "stack", url, "--time", "2024-06-01T01:45Z")
+    assert res.returncode == 0 and res.stdout.count("available 1") == 4
+    res = run_qpe("archive", "stack", url, "--time", "2024-06-01T00:30Z")
+    assert res.returncode == 2 and "missing SEVIRI slot(s) 2024-05-31T23:45Z (lag -45 min)" in res.stderr
+    res = run_qpe("simulate", "--start", "2024-06-01T00:07Z", "--archive", url)
+    assert res.returncode == 2 and "not on the 15-minute slot grid" in res.stderr
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path):
+    res = run_qpe("demo", "--workdir", str(tmp_path), "--periods", "6")
+    assert res.returncode == 0, res.stderr
+    assert "france-3km.zarr" in res.stdout and "SEVIRI slots / radar slots" in res.stdout and "6 / 6" in res.stdout
+    assert "(4, 7, 384, 384) (lag, channel, y, x)" in res.stdout

@@ -1,0 +1,26 @@
+"""Models: value transforms, the U-Net backbone, training objectives and samplers (plain tensors).
+
+``transform`` (mm/h and K <-> network units), ``backbone`` (:class:`UNet`), ``objectives``
+(regression, DDPM, flow matching, residual flow; :func:`make_objective`), ``samplers`` (Euler,
+Heun, DDPM ancestral, DDIM).
+"""
+
+from qpe_core.models.backbone import UNet
+from qpe_core.models.objectives import (
+    DDPM,
+    OBJECTIVES,
+    FlowMatching,
+    Objective,
+    Regression,
+    ResidualFlow,
+    build_networks,
+    make_objective,
+)
+from qpe_core.models.samplers import DiffusionSchedule, ddim, ddpm_ancestral, euler, heun
+from qpe_core.models.transform import BTNormalizer, RainTransform
+
+__all__ = [
+    "DDPM", "OBJECTIVES", "BTNormalizer", "DiffusionSchedule", "FlowMatching", "Objective", "RainTransform",
+    "Regression", "ResidualFlow", "UNet", "build_networks", "ddim", "ddpm_ancestral", "euler", "heun",
+    "make_objective",
+]

@@ -1,0 +1,121 @@
+"""Training samples from the archive cube: valid times, leakage-free splits, patches.
+
+A sample is one valid time ``t`` whose stack slots ``t + lag`` are all complete and
+whose radar slot covers at least ``min_radar_coverage`` of the grid.  Samples are
+split into train / validation by contiguous blocks of time (default 2 days), with a
+buffer of ``len(lags)`` slots dropped on each side of every boundary so that no
+input slot of one split is the target of the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qpe_core.archive import Archive
+from qpe_core.errors import QpeError
+from qpe_core.models.transform import BTNormalizer, RainTransform
+
+
+def valid_times(archive: Archive, lags: Sequence[int], min_radar_coverage: float = 0.5,
+                start=None, end=None) -> pd.DatetimeIndex:
+    """Valid times (UTC) with every lag slot complete and enough radar coverage."""
+    bt = set(archive.times("bt"))
+    rain = archive.coverage("rain")
+    rain = rain[rain >= min_radar_coverage]
+    out = [t for t in rain.index if all(t + pd.Timedelta(minutes=int(lag)) in bt for lag in lags)]
+    times = pd.DatetimeIndex(sorted(out))
+    if start is not None:
+        times = times[times >= pd.Timestamp(start)]
+    if end is not None:
+        times = times[times <= pd.Timestamp(end)]
+    return times
+
+
+def block_split(times: pd.DatetimeIndex, val_fraction: float = 0.2, block: str = "2D", buffer_slots: int = 4,
+                slot_minutes: int = 15, seed: int = 0) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex]:
+    """Split ``times`` into (train, validation) by whole contiguous blocks of length ``block``;
+    times within ``buffer_slots`` slots of a block of the other split are dropped."""
+    if len(times) == 0:
+        raise QpeError("no valid training times in the archive (need all lags and radar coverage)")
+    blocks = times.floor(block)
+    uniq = np.array(sorted(set(blocks)))
+    rng = np.random.default_rng(seed)
+    n_val = max(1, int(round(val_fraction * len(uniq)))) if len(uniq) > 1 else 0
+    val_blocks = set(rng.choice(uniq, size=n_val, replace=False)) if n_val else set()
+    is_val = np.array([b in val_blocks for b in blocks])
+    buf = pd.Timedelta(minutes=slot_minutes * buffer_slots)
+    val_t, train_t = times[is_val], times[~is_val]
+
+    def far_from(a: pd.DatetimeIndex, b: pd.DatetimeIndex) -> pd.DatetimeIndex:
+        if len(b) == 0:
+            return a
+        bi = b.as_unit("ns").asi8
+        pos = np.searchsorted(bi, a.as_unit("ns").asi8)
+        left = np.abs(a.as_unit("ns").asi8 - bi[np.clip(pos - 1, 0, len(bi) - 1)])
+        right = np.abs(bi[np.clip(pos, 0, len(bi) - 1)] - a.as_unit("ns").asi8)
+        return a[np.minimum(left, right) > buf.value]
+
+    return far_from(train_t, val_t), far_from(val_t, train_t)
+
+
+@dataclass
+class PatchSampler:
+    """Reads normalised (cond, target, mask) patches from the archive.
+
+    ``cond`` is ``(lags*channels + lags, P, P)``: normalised brightness temperatures (NaN -> 0)
+    followed by one validity mask per lag; ``target`` is the transformed rain ``(1, P, P)``
+    and ``mask`` is 1 where the radar has data.
+    """
+
+    archive: Archive
+    lags: Sequence[int]
+    channels: Sequence[str]
+    normalizer: BTNormalizer
+    transform: RainTransform
+    patch: int = 128
+
+    def read(self, t: pd.Timestamp, y0: int, x0: int, size: int | None = None):
+        p = size or self.patch
+        sel = [self.archive.channels.index(c) for c in self.channels]
+        bt = np.stack([
+            self.archive.group["bt"][self.archive.index_of(t + pd.Timedelta(minutes=int(lag))), :, y0:y0 + p,
+                                     x0:x0 + p][sel]
+            for lag in self.lags])  # (lag, channel, p, p) K
+        rain = self.archive.group["rain"][self.archive.index_of(t), y0:y0 + p, x0:x0 + p]
+        return self.encode(bt, rain)
+
+    def encode(self, bt: np.ndarray, rain: np.ndarray | None):
+        """(lag, channel, y, x) K and (y, x) mm/h -> model tensors."""
+        cond = self.normalizer.condition(torch.from_numpy(np.ascontiguousarray(bt))[None])[0]
+        if rain is None:
+            return cond, None, None
+        r = torch.from_numpy(np.ascontiguousarray(rain))[None]
+        mask = torch.isfinite(r).float()
+        target = self.transform.forward(torch.nan_to_num(r, nan=0.0))
+        return cond, target, mask
+
+    def random(self, t: pd.Timestamp, rng: np.random.Generator):
+        ny, nx = self.archive.group["rain"].shape[-2:]
+        y0 = int(rng.integers(0, ny - self.patch + 1))
+        x0 = int(rng.integers(0, nx - self.patch + 1))
+        return self.read(t, y0, x0)
+
+
+class PatchDataset(torch.utils.data.IterableDataset):
+    """Endless random patches over ``times``; each worker/rank draws from its own seed."""
+
+    def __init__(self, sampler: PatchSampler, times: pd.DatetimeIndex, seed: int = 0, rank: int = 0):
+        self.sampler, self.times, self.seed, self.rank = sampler, times, seed, rank
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info else 0
+        rng = np.random.default_rng([self.seed, self.rank, wid])
+        while True:
+            t = self.times[int(rng.integers(len(self.times)))]
+            yield self.sampler.random(t, rng)
