@@ -71,7 +71,7 @@ class ResBlock(nn.Module):
         scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
         h = torch.addcmul(shift, self.norm2(h), 1.0 + scale)
         h = self.conv2(self.dropout(F.silu(h)))
-        return (self.skip(x) + h) * SKIP_SCALE
+        return h.add_(self.skip(x)).mul_(SKIP_SCALE)  # in place: neither op's backward needs h
 
 
 class SelfAttention(nn.Module):
@@ -89,7 +89,7 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
         out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
         out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return (x + self.proj(out)) * SKIP_SCALE
+        return self.proj(out).add_(x).mul_(SKIP_SCALE)
 
 
 class Upsample(nn.Module):

@@ -37,6 +37,10 @@ def _f(x: torch.Tensor) -> float:
     return float(x.detach())
 
 
+def _device(generator: torch.Generator | None, like: torch.Tensor) -> torch.device:
+    return generator.device if generator is not None else like.device
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Mean of ``(pred - target)^2`` over pixels with ``m = 1`` (0 if none)."""
     return ((pred - target) ** 2 * m).sum() / m.sum().clamp(min=1.0)
@@ -95,8 +99,8 @@ class Objective:
                generator: torch.Generator | None = None, chunk: int | None = None) -> torch.Tensor:
         """Ensemble ``(B, members, H, W)`` in transformed space; deterministic for a given generator.
 
-        Members are batched as ``B * members`` (member-major within each input); ``chunk`` caps the
-        batch of one network call (e.g. 1-2 on CPU) without changing the result.
+        Members are batched as ``B * members`` (the members of one input contiguous); ``chunk`` caps
+        the batch of one network call (e.g. 1 on CPU) without changing the result beyond float rounding.
         """
         steps, sampler = self._check(steps, sampler)
         with _inference(nets):
@@ -135,7 +139,8 @@ class Objective:
     @staticmethod
     def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         shape = (like.shape[0], 1, *like.shape[-2:])
-        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+        dev = _device(generator, like)
+        return torch.randn(shape, generator=generator, dtype=like.dtype, device=dev).to(like.device)
 
 
 class Regression(Objective):
@@ -156,9 +161,6 @@ class Regression(Objective):
         y, m = _valid(target, mask)
         loss = masked_mse(nets["net"](cond, torch.zeros(cond.shape[0], device=cond.device)), y, m)
         return loss, {"loss": _f(loss), "mse": _f(loss)}
-
-    def _sample(self, nets, cond, steps, sampler, generator, chunk):
-        return _call(nets["net"], cond, 0.0, chunk)
 
     def sample(self, nets, cond, members=1, steps=None, sampler=None, generator=None, chunk=None):
         """The prediction ``(B, 1, H, W)`` expanded to ``(B, members, H, W)`` (one evaluation)."""
@@ -187,7 +189,8 @@ class DDPM(Objective):
 
     kind, samplers, default_sampler, default_steps = "ddpm", ("ddim", "ancestral"), "ddim", 50
 
-    def __init__(self, T: int = 1000, schedule: str = "cosine", clip_x0: tuple[float, float] | None = (-1.0, 5.0)):
+    def __init__(self, T: int = 1000, schedule: str = "cosine",
+                 clip_x0: tuple[float, float] | None = (-1.0, 5.0)):
         if schedule not in ("cosine", "linear"):
             raise ValueError(f"schedule must be 'cosine' or 'linear', got {schedule!r}")
         self.T, self.schedule_name = int(T), schedule
@@ -200,7 +203,8 @@ class DDPM(Objective):
 
     def loss(self, nets, cond, target, mask=None, generator=None):
         y, m = _valid(target, mask)
-        t = torch.randint(1, self.T + 1, (y.shape[0],), generator=generator).to(y.device)
+        dev = _device(generator, y)
+        t = torch.randint(1, self.T + 1, (y.shape[0],), generator=generator, device=dev).to(y.device)
         ab = self._ab.to(y.device)[t].view(-1, 1, 1, 1)
         eps = self._noise(y, generator)
         x_t = ab.sqrt() * y + (1 - ab).sqrt() * eps
@@ -245,7 +249,7 @@ class FlowMatching(Objective):
 
     def _fm_loss(self, net, inputs, x1, m, generator):
         """Masked flow-matching loss for data ``x1``; ``inputs`` is concatenated before ``x_t``."""
-        t = torch.rand(x1.shape[0], generator=generator).to(x1)
+        t = torch.rand(x1.shape[0], generator=generator, device=_device(generator, x1)).to(x1)
         x0 = self.sigma0 * self._noise(x1, generator)
         tb = t.view(-1, 1, 1, 1)
         x_t = (1 - tb) * x0 + tb * x1

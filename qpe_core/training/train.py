@@ -1,0 +1,178 @@
+"""Training loop: one function for every objective, CPU or GPU, one or several processes.
+
+Random patches from the archive, AdamW, EMA of the weights, bf16 autocast on CUDA,
+gradient clipping, validation on fixed patches of held-out time blocks, a checkpoint
+every ``save_every`` steps (resumable).  Under ``torchrun`` (``WORLD_SIZE`` > 1) each
+network is wrapped in DistributedDataParallel and each rank draws its own patches;
+rank 0 validates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from qpe_core.archive import Archive
+from qpe_core.models import BTNormalizer, RainTransform, build_networks, make_objective
+from qpe_core.timeutil import iso
+from qpe_core.training.checkpoint import load_resume_state, save_checkpoint
+from qpe_core.training.dataset import PatchDataset, PatchSampler, block_split, valid_times
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on (recorded in the model card)."""
+
+    model_config = ConfigDict(extra="forbid")
+    archive: str
+    kind: str = "residual-flow"
+    out: str
+    max_steps: int = Field(2000, ge=1)
+    patch: int = Field(128, ge=16)
+    lags: list[int] = Field(default_factory=lambda: [0, -15, -30, -45])
+    channels: list[str] | None = None
+    batch_size: int = Field(8, ge=1)
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    min_radar_coverage: float = 0.5
+    val_fraction: float = 0.2
+    val_block: str = "2D"  # contiguous time blocks assigned whole to train or validation
+    val_patches: int = 32
+    val_every: int = 250
+    save_every: int = 500
+    device: str = "cpu"
+    seed: int = 0
+    start: str | None = None
+    end: str | None = None
+    backbone: dict = Field(default_factory=lambda: {"base_channels": 32, "channel_mults": [1, 2, 2, 4]})
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def _fit_normalizer(sampler: PatchSampler, times: pd.DatetimeIndex, n: int = 24) -> BTNormalizer:
+    """Per-channel mean/std (K) from up to ``n`` current slots of the training period."""
+    pick = times[np.linspace(0, len(times) - 1, min(n, len(times))).astype(int)]
+    arc, sel = sampler.archive, [sampler.archive.channels.index(c) for c in sampler.channels]
+    bt = np.stack([arc.group["bt"][arc.index_of(t)][sel][:, ::4, ::4] for t in pick])
+    return BTNormalizer.fit(torch.from_numpy(bt))
+
+
+def _batches(dataset, batch: int):
+    it = iter(dataset)
+    while True:
+        items = [next(it) for _ in range(batch)]
+        yield tuple(torch.stack([x[k] for x in items]) for k in range(3))
+
+
+def _val_set(sampler: PatchSampler, times: pd.DatetimeIndex, n: int, seed: int):
+    rng = np.random.default_rng(seed + 12345)
+    items = [sampler.random(times[int(rng.integers(len(times)))], rng) for _ in range(n)]
+    return tuple(torch.stack([x[k] for x in items]) for k in range(3))
+
+
+@torch.no_grad()
+def _validate(objective, nets, val, device, batch: int) -> float:
+    gen = torch.Generator(device=device).manual_seed(0)
+    losses = []
+    for k in range(0, len(val[0]), batch):
+        cond, target, mask = (v[k:k + batch].to(device) for v in val)
+        loss, _ = objective.loss(nets, cond, target, mask, generator=gen)
+        losses.append(float(loss))
+    return float(np.mean(losses))
+
+
+def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None) -> dict:
+    """Train ``cfg.kind`` on the archive; returns the final card (also written to ``cfg.out``)."""
+    rank, world = _dist()
+    device = torch.device(cfg.device if cfg.device != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    torch.manual_seed(cfg.seed + rank)
+    archive = Archive.open(cfg.archive)
+    channels = cfg.channels or archive.channels
+    times = valid_times(archive, cfg.lags, cfg.min_radar_coverage, cfg.start, cfg.end)
+    train_t, val_t = block_split(times, cfg.val_fraction, cfg.val_block, slot_minutes=archive.slot_minutes, seed=cfg.seed)
+    transform = RainTransform()
+    sampler = PatchSampler(archive, cfg.lags, channels, BTNormalizer([0.0] * len(channels), [1.0] * len(channels)),
+                           transform, cfg.patch)
+    sampler.normalizer = _fit_normalizer(sampler, train_t)
+    in_ch = len(cfg.lags) * (len(channels) + 1)
+    objective = make_objective(cfg.kind)
+    raw = build_networks(objective, in_ch, **cfg.backbone).to(device)
+    ema = copy.deepcopy(raw).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = load_resume_state(cfg.out, raw, ema, opt)
+    nets = raw
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel
+        nets = torch.nn.ModuleDict({k: ddp(v, device_ids=[device.index] if device.type == "cuda" else None)
+                                    for k, v in raw.items()})
+    card = _card(cfg, archive, channels, objective, in_ch, sampler.normalizer, transform, train_t, val_t, raw)
+    val = _val_set(sampler, val_t, cfg.val_patches, cfg.seed) if rank == 0 and len(val_t) else None
+    batches = _batches(PatchDataset(sampler, train_t, seed=cfg.seed + step, rank=rank), cfg.batch_size)
+    log_path = Path(cfg.out) / "train_log.jsonl"
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    t_start, seen = time.perf_counter(), 0
+    while step < cfg.max_steps:
+        cond, target, mask = (x.to(device, non_blocking=True) for x in next(batches))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, logs = objective.loss(nets, cond, target, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+        opt.step()
+        _ema_update(ema, raw, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        step, seen = step + 1, seen + cfg.batch_size * world
+        rec = {"step": step, "loss": float(loss.detach()), "grad_norm": float(gnorm),
+               "samples_per_s": seen / (time.perf_counter() - t_start)}
+        if rank == 0 and val is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
+            rec["val_loss"] = _validate(objective, ema, val, device, cfg.batch_size)
+            card["validation"] = {"loss": rec["val_loss"], "step": step}
+        if rank == 0:
+            if "val_loss" in rec or step % 50 == 0:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                save_checkpoint(cfg.out, card, ema, raw, opt, step)
+        if progress:
+            progress(step, rec)
+    if world > 1:
+        torch.distributed.barrier()
+    return card
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, raw: torch.nn.Module, decay: float) -> None:
+    for e, r in zip(ema.parameters(), raw.parameters()):
+        e.lerp_(r.detach(), 1.0 - decay)
+    for e, r in zip(ema.buffers(), raw.buffers()):
+        e.copy_(r)
+
+
+def _card(cfg: TrainConfig, archive: Archive, channels, objective, in_ch: int, normalizer, transform,
+          train_t, val_t, raw) -> dict:
+    return {
+        "kind": cfg.kind, "objective": objective.config(), "in_channels": in_ch,
+        "backbone": dict(cfg.backbone), "parameters": sum(p.numel() for p in raw.parameters()),
+        "area": archive.area, "channels": list(channels), "lags": list(cfg.lags),
+        "slot_minutes": archive.slot_minutes, "patch": cfg.patch,
+        "normalizer": normalizer.to_dict(), "transform": transform.to_dict(),
+        "training_period": {"archive": cfg.archive, "first": iso(train_t.min()), "last": iso(train_t.max()),
+                            "train_slots": len(train_t), "validation_slots": len(val_t)},
+        "validation_times": [iso(val_t.min()), iso(val_t.max())] if len(val_t) else None,
+        "config": cfg.model_dump(),
+    }
