@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -191,6 +192,71 @@ def archive_stack(url: Annotated[str, typer.Argument(help="archive cube path or 
         out.print(f"lag {int(lag):4d} min  slot {str(st['slot_time'].values[k])[:16]}  "
                   f"available {int(st['available'][k])}  valid {float(st['valid'][k].mean()):.1%}  "
                   f"mean bt {float(bt.mean()):.1f} K")
+
+
+@app.command("train")
+def train_cmd(
+    archive: Annotated[str, typer.Option(help="archive cube path or s3:// URL")],
+    model: Annotated[str, typer.Option(help="unet | ddpm | flow | residual-flow")] = "residual-flow",
+    out_dir: Annotated[Path, typer.Option("--out", help="checkpoint directory")] = Path("data/checkpoints/model"),
+    max_steps: Annotated[int, typer.Option(help="optimiser steps")] = 2000,
+    patch: Annotated[int, typer.Option(help="training patch side, pixels")] = 128,
+    batch_size: Annotated[int, typer.Option(help="patches per step (per process)")] = 8,
+    lags: Annotated[Optional[str], typer.Option(help="comma-separated minutes")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    start: Annotated[Optional[str], typer.Option(help="first valid time used, ISO UTC")] = None,
+    end: Annotated[Optional[str], typer.Option(help="last valid time used, ISO UTC")] = None,
+):
+    """Train a model on the archive (resumes from OUT if it holds a checkpoint)."""
+    from qpe_core.training.train import TrainConfig, train
+
+    cfg = settings(lags=lags)
+    tcfg = TrainConfig(archive=archive, kind=model, out=str(out_dir), max_steps=max_steps, patch=patch,
+                       batch_size=batch_size, lags=cfg.lags, device=device, seed=seed, start=start, end=end,
+                       min_radar_coverage=cfg.min_radar_coverage)
+    bar = Progress(TextColumn("[bold]train " + model), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[label]}"), console=err)
+    with bar:
+        task = bar.add_task("train", total=max_steps, label="")
+
+        def step(n: int, rec: dict) -> None:
+            label = f"loss {rec['loss']:.4f}  {rec['samples_per_s']:.1f} samples/s"
+            if "val_loss" in rec:
+                label += f"  val {rec['val_loss']:.4f}"
+            bar.update(task, completed=n, label=label)
+
+        card = train(tcfg, progress=step)
+    out.print(f"checkpoint {tcfg.out}: {card['kind']}, {card['parameters']:,} parameters, "
+              f"{card['training_period']['train_slots']} training slots, validation {card.get('validation')}")
+
+
+@app.command()
+def predict(
+    archive: Annotated[str, typer.Option(help="archive cube path or s3:// URL")],
+    time: Annotated[str, typer.Option(help="valid time, ISO UTC")],
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint directory")],
+    members: Annotated[int, typer.Option(help="ensemble members")] = 16,
+    steps: Annotated[Optional[int], typer.Option(help="sampler steps (default: the model's)")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="euler | heun | ddpm | ddim")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same ensemble)")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("data/predictions"),
+    fmt: Annotated[str, typer.Option("--format", help="zarr | netcdf")] = "zarr",
+):
+    """Ensemble rain-rate estimate (mm/h) for one slot, written as rain(member, y, x)."""
+    from qpe_core.archive import Archive
+    from qpe_core.training.inference import predict as run_predict
+    from qpe_core.training.inference import write_prediction
+
+    cfg = settings()
+    ds = run_predict(Archive.open(archive), time, checkpoint, members, steps, seed, sampler, device,
+                     gaps=cfg.stack_gaps)
+    path = write_prediction(ds, out_dir, fmt)
+    rain = ds["rain"].values
+    out.print(f"{path}: {ds.attrs['members']} member(s) of {ds.attrs['model_kind']} in {ds.attrs['seconds']} s; "
+              f"mean {float(np.nanmean(rain)):.3f} mm/h, wet {float(np.nanmean(rain > 0.1)):.1%}, "
+              f"max {float(np.nanmax(rain)):.1f} mm/h")
 
 
 @app.command()

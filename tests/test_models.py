@@ -347,6 +347,11 @@ def test_eval_counts_factory_and_errors():
         obj = make_objective(kind)
         assert make_objective(**obj.config()).config() == obj.config()
     assert make_objective("residual-flow").network_specs(29) == {"mean": (29, 2), "flow": (31, 1)}
+    fixed = make_objective("residual-flow", sigma_r=0.3)  # constant residual scale: 1-channel mean net
+    assert fixed.network_specs(29)["mean"] == (29, 1)
+    cond, target, mask = _toy_batch()
+    loss, logs = fixed.loss(build_networks(fixed, 3, **TINY), cond, target, mask)
+    assert math.isfinite(loss.item()) and logs["scale_nll"] == 0.0
     with pytest.raises(ValueError, match="residual-flow"):
         make_objective("gan")
     with pytest.raises(ValueError, match="euler"):

@@ -19,8 +19,12 @@ Residual block: ``GN -> SiLU -> conv3x3 -> GN -> FiLM(scale, shift from the embe
 dropout -> conv3x3``, added to a (1x1-projected) skip and scaled by ``1/sqrt(2)``.
 The scalar ``t`` (B,) in [0, 1] enters through sinusoidal features of ``1000 t`` and a 2-layer MLP.
 
-Cost is dominated by the full-resolution level, so one skip per level (not per block) is kept and
-the upsampling conv maps straight to the finer level's width.
+Cost is dominated by the two finest levels, so one skip per level (not per block) is kept, the
+upsampling conv maps straight to the finer level's width, and the default widths are
+``32 * (1, 1, 2, 4)``: 1.96 M parameters, 36 GFLOP per evaluation at 384 x 384 with 29 input
+channels, about 0.3 s on 2 CPU cores (channels_last, batch 1), so 16 members x 4 steps + 1 mean
+evaluation take about 19 s. ``(1, 2, 2, 4)`` (2.17 M, 50 GFLOP, ~26 s) doubles the 1/2-resolution
+width at 1.4x the cost.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, base_channels: int = 32,
-                 channel_mults: tuple[int, ...] = (1, 2, 2, 4), num_res_blocks: int = 1,
+                 channel_mults: tuple[int, ...] = (1, 1, 2, 4), num_res_blocks: int = 1,
                  attention_at_coarsest: bool = False, emb_dim: int = 128, dropout: float = 0.0):
         super().__init__()
         self.config = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,

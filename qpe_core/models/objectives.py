@@ -22,6 +22,7 @@ from qpe_core.models import samplers as S
 from qpe_core.models.backbone import UNet
 
 LOG_SIGMA_RANGE = (-7.0, 2.0)  # clamp of the predicted log residual std (transformed units)
+CPU_CHUNK_PIXELS = 2**18  # pixels per network call on CPU when sample(chunk=None)
 
 
 def _valid(target: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,12 +54,16 @@ def _channels_last(net: nn.Module) -> bool:
 
 
 def _call(net: nn.Module, x: torch.Tensor, t: float | torch.Tensor, chunk: int | None) -> torch.Tensor:
-    """``net(x, t)`` with scalar or per-sample ``t``, optionally in batch chunks (CPU cache friendly).
+    """``net(x, t)`` with scalar or per-sample ``t``, in batch chunks of ``chunk`` samples.
 
+    ``chunk=None``: the whole batch on accelerators, ``CPU_CHUNK_PIXELS // (H W)`` samples on CPU
+    (1 at 384 x 384: per-sample time grows with the batch once activations leave the cache).
     Inputs follow the network's memory format (``net.to(memory_format=torch.channels_last)`` is
-    about 2x faster on CPU).
+    20-35 % faster on CPU).
     """
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+    if chunk is None and x.device.type == "cpu":
+        chunk = max(1, CPU_CHUNK_PIXELS // (x.shape[-2] * x.shape[-1]))
     if _channels_last(net):
         x = x.contiguous(memory_format=torch.channels_last)
     if not chunk or x.shape[0] <= chunk:
@@ -100,7 +105,8 @@ class Objective:
         """Ensemble ``(B, members, H, W)`` in transformed space; deterministic for a given generator.
 
         Members are batched as ``B * members`` (the members of one input contiguous); ``chunk`` caps
-        the batch of one network call (e.g. 1 on CPU) without changing the result beyond float rounding.
+        the batch of one network call (default: automatic, see :func:`_call`) without changing the
+        result beyond float rounding.
         """
         steps, sampler = self._check(steps, sampler)
         with _inference(nets):

@@ -54,7 +54,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     start: str | None = None
     end: str | None = None
-    backbone: dict = Field(default_factory=lambda: {"base_channels": 32, "channel_mults": [1, 2, 2, 4]})
+    backbone: dict = Field(default_factory=dict)  # UNet keyword arguments; {} = the backbone's defaults
 
 
 def _dist() -> tuple[int, int]:
@@ -167,7 +167,8 @@ def _card(cfg: TrainConfig, archive: Archive, channels, objective, in_ch: int, n
           train_t, val_t, raw) -> dict:
     return {
         "kind": cfg.kind, "objective": objective.config(), "in_channels": in_ch,
-        "backbone": dict(cfg.backbone), "parameters": sum(p.numel() for p in raw.parameters()),
+        "backbone": {k: v for k, v in next(iter(raw.values())).config.items()
+                     if k not in ("in_channels", "out_channels")}, "parameters": sum(p.numel() for p in raw.parameters()),
         "area": archive.area, "channels": list(channels), "lags": list(cfg.lags),
         "slot_minutes": archive.slot_minutes, "patch": cfg.patch,
         "normalizer": normalizer.to_dict(), "transform": transform.to_dict(),
