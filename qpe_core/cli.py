@@ -205,6 +205,8 @@ def train_cmd(
     lags: Annotated[Optional[str], typer.Option(help="comma-separated minutes")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 2e-4,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay of the weights")] = 0.999,
     start: Annotated[Optional[str], typer.Option(help="first valid time used, ISO UTC")] = None,
     end: Annotated[Optional[str], typer.Option(help="last valid time used, ISO UTC")] = None,
 ):
@@ -214,6 +216,7 @@ def train_cmd(
     cfg = settings(lags=lags)
     tcfg = TrainConfig(archive=archive, kind=model, out=str(out_dir), max_steps=max_steps, patch=patch,
                        batch_size=batch_size, lags=cfg.lags, device=device, seed=seed, start=start, end=end,
+                       lr=lr, ema_decay=ema_decay,
                        min_radar_coverage=cfg.min_radar_coverage)
     bar = Progress(TextColumn("[bold]train " + model), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[label]}"), console=err)
@@ -257,6 +260,29 @@ def predict(
     out.print(f"{path}: {ds.attrs['members']} member(s) of {ds.attrs['model_kind']} in {ds.attrs['seconds']} s; "
               f"mean {float(np.nanmean(rain)):.3f} mm/h, wet {float(np.nanmean(rain > 0.1)):.1%}, "
               f"max {float(np.nanmax(rain)):.1f} mm/h")
+
+
+@app.command()
+def evaluate(
+    archive: Annotated[str, typer.Option(help="archive cube path or s3:// URL")],
+    checkpoint: Annotated[list[Path], typer.Option(help="checkpoint directory (repeat for several)")],
+    start: Annotated[Optional[str], typer.Option(help="first valid time, ISO UTC")] = None,
+    end: Annotated[Optional[str], typer.Option(help="last valid time, ISO UTC")] = None,
+    members: Annotated[int, typer.Option(help="ensemble members of generative models")] = 8,
+    every: Annotated[int, typer.Option(help="use every N-th valid time")] = 1,
+    max_cases: Annotated[Optional[int], typer.Option(help="at most this many cases, spread over the period")] = None,
+    report: Annotated[Path, typer.Option(help="report directory")] = Path("data/report"),
+):
+    """Score checkpoints against the archive's radar over a period; writes metrics.json and report.md."""
+    from qpe_core.archive import Archive
+    from qpe_core.evaluation import evaluate as run_evaluate
+    from qpe_core.evaluation import write_report
+
+    arc = Archive.open(archive)
+    with progress_bar(len(checkpoint) * (max_cases or 1), "evaluate") as step:
+        metrics = run_evaluate(arc, checkpoint, start, end, members, every, max_cases, progress=step)
+    path = write_report(metrics, report)
+    out.print((path / "report.md").read_text())
 
 
 @app.command()

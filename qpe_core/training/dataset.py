@@ -19,6 +19,7 @@ import torch
 from qpe_core.archive import Archive
 from qpe_core.errors import QpeError
 from qpe_core.models.transform import BTNormalizer, RainTransform
+from qpe_core.timeutil import to_utc
 
 
 def valid_times(archive: Archive, lags: Sequence[int], min_radar_coverage: float = 0.5,
@@ -30,9 +31,9 @@ def valid_times(archive: Archive, lags: Sequence[int], min_radar_coverage: float
     out = [t for t in rain.index if all(t + pd.Timedelta(minutes=int(lag)) in bt for lag in lags)]
     times = pd.DatetimeIndex(sorted(out))
     if start is not None:
-        times = times[times >= pd.Timestamp(start)]
+        times = times[times >= to_utc(start)]
     if end is not None:
-        times = times[times <= pd.Timestamp(end)]
+        times = times[times <= to_utc(end)]
     return times
 
 
