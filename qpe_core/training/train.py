@@ -105,7 +105,7 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     archive = Archive.open(cfg.archive)
     channels = cfg.channels or archive.channels
     times = valid_times(archive, cfg.lags, cfg.min_radar_coverage, cfg.start, cfg.end)
-    train_t, val_t = block_split(times, cfg.val_fraction, cfg.val_block, slot_minutes=archive.slot_minutes, seed=cfg.seed)
+    train_t, val_t = block_split(times, cfg.val_fraction, cfg.val_block, len(cfg.lags), slot_minutes=archive.slot_minutes, seed=cfg.seed)
     transform = RainTransform()
     sampler = PatchSampler(archive, cfg.lags, channels, BTNormalizer([0.0] * len(channels), [1.0] * len(channels)),
                            transform, cfg.patch)

@@ -1,0 +1,112 @@
+"""Training engine on a small simulated archive: data pipeline, checkpoints, resume, inference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qpe_core.archive import Archive
+from qpe_core.errors import QpeError
+from qpe_core.simulate_archive import simulate_to_archive
+from qpe_core.training.checkpoint import check_card, load_checkpoint, read_card
+from qpe_core.training.dataset import block_split, valid_times
+from qpe_core.training.inference import TiledNet, predict, write_prediction
+from qpe_core.training.train import TrainConfig, train
+
+CH = ["WV_062", "IR_108", "IR_120"]
+TINY = {"base_channels": 8, "channel_mults": [1, 2], "emb_dim": 16}
+
+
+@pytest.fixture(scope="module")
+def sim_archive(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("sim") / "sim.zarr")
+    arc = Archive.create(url, "france-3km", CH)
+    simulate_to_archive(arc, "2024-06-01T00:00", 24, seed=5)
+    return arc
+
+
+def _cfg(arc, out, kind, steps, **kw):
+    return TrainConfig(archive=arc.url, kind=kind, out=str(out), max_steps=steps, patch=32, batch_size=2,
+                       lags=[0, -15], val_block="2h", val_patches=2, val_every=2, save_every=2,
+                       backbone=TINY, **kw)
+
+
+def test_valid_times_and_leakage_free_split(sim_archive):
+    times = valid_times(sim_archive, [0, -15, -30])
+    assert times[0] == pd.Timestamp("2024-06-01T00:30") and len(times) == 22
+    train_t, val_t = block_split(pd.date_range("2024-06-01", periods=96 * 10, freq="15min"), 0.2, "1D",
+                                 buffer_slots=4)
+    assert len(val_t) and len(train_t)
+    gaps = np.abs(train_t.values[:, None] - val_t.values[None, :]).min()
+    assert gaps > np.timedelta64(60, "m")  # no validation slot within 4 slots of a training slot
+    assert set(val_t.floor("1D")).isdisjoint(set(train_t.floor("1D")))
+
+
+@pytest.mark.parametrize("kind", ["unet", "residual-flow"])
+def test_train_checkpoint_resume_and_predict(sim_archive, tmp_path, kind):
+    out = tmp_path / kind
+    card = train(_cfg(sim_archive, out, kind, 2))
+    files = sorted(p.name for p in out.iterdir())
+    assert {"card.json", "weights.safetensors", "state.safetensors", "state.json"} <= set(files)
+    assert not any(f.endswith((".pt", ".pth", ".pkl")) for f in files)  # no pickle anywhere
+    on_disk = read_card(out)
+    assert on_disk["steps"] == 2 and on_disk["kind"] == kind and on_disk["channels"] == CH
+    assert on_disk["lags"] == [0, -15] and on_disk["area"] == "france-3km"
+    assert len(on_disk["normalizer"]["mean"]) == 3 and on_disk["transform"]
+    assert "loss" in on_disk["validation"] and card["training_period"]["train_slots"] > 0
+
+    before = load_checkpoint(out).nets.state_dict()
+    train(_cfg(sim_archive, out, kind, 4))  # resumes at step 2
+    assert read_card(out)["steps"] == 4
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "val_loss" in r] == [2, 4]
+    after = load_checkpoint(out).nets.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    ds = predict(sim_archive, "2024-06-01T02:00", out, members=3, steps=2, seed=7, tile=None)
+    n = 1 if kind == "unet" else 3
+    assert ds["rain"].shape == (n, 384, 384) and ds.attrs["members"] == n
+    rain = ds["rain"].values
+    assert np.nanmin(rain) >= 0 and np.isfinite(rain).all()
+    again = predict(sim_archive, "2024-06-01T02:00", out, members=3, steps=2, seed=7, tile=None)
+    np.testing.assert_array_equal(again["rain"].values, rain)
+    if kind != "unet":
+        other = predict(sim_archive, "2024-06-01T02:00", out, members=3, steps=2, seed=8, tile=None)
+        assert not np.array_equal(other["rain"].values, rain)
+        assert not np.array_equal(rain[0], rain[1])
+    path = write_prediction(ds, tmp_path / "pred")
+    assert path.name == "qpe_20240601T0200.zarr" and ds.attrs["input_slots"] == ["2024-06-01T02:00Z",
+                                                                                  "2024-06-01T01:45Z"]
+
+
+def test_card_mismatch_is_named(sim_archive, tmp_path):
+    out = tmp_path / "u"
+    card = train(_cfg(sim_archive, out, "unet", 1))
+    with pytest.raises(QpeError, match=r"lacks channels \['WV_062'\].*lags \[0, -30\] != checkpoint lags"):
+        check_card(card, "france-3km", ["IR_108", "IR_120"], [0, -30])
+    with pytest.raises(QpeError, match="grid 'europe-opera-4km' != checkpoint grid 'france-3km'"):
+        check_card(card, "europe-opera-4km", CH)
+    check_card(card, "europe-opera-4km", CH, other_grid_ok=True)
+
+
+def test_tiled_net_blends_to_the_untiled_result():
+    net = torch.nn.Conv2d(3, 2, 1)  # pointwise: any tiling must reproduce it exactly
+    tiled = TiledNet(lambda_net(net), tile=48, overlap=16)
+    x = torch.randn(2, 3, 100, 130)
+    torch.testing.assert_close(tiled(x, torch.zeros(2)), net(x), rtol=1e-5, atol=1e-5)
+
+
+def lambda_net(conv):
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x, t):
+            return self.conv(x)
+
+    return Wrap()
