@@ -79,7 +79,8 @@ def bench_archive(area: str = "france-3km", n_slots: int = 24) -> dict:
             "simulate_note": "includes the 16-slot spin-up", "write_s_per_slot": round(t_write / n_slots, 4)}
 
 
-def run_benchmarks(which: list[str], n_slots: int = 1000) -> dict:
+def run_benchmarks(which: list[str], n_slots: int = 1000, members: int = 16, checkpoint: str | None = None,
+                   archive: str | None = None) -> dict:
     result = {"machine": _machine()}
     if "simulator" in which:
         result["simulator"] = bench_simulator(n_slots)
@@ -87,4 +88,8 @@ def run_benchmarks(which: list[str], n_slots: int = 1000) -> dict:
         result["archive"] = bench_archive()
     if "ingest" in which:
         result["ingest"] = bench_ingest()
+    if "models" in which:
+        from qpe_core.training.bench_models import bench_models
+
+        result["models"] = bench_models(members=members, checkpoint=checkpoint, archive=archive)
     return result

@@ -286,12 +286,17 @@ def evaluate(
 
 
 @app.command()
-def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,archive,ingest")] = "simulator,archive",
-          slots: Annotated[int, typer.Option(help="simulator slots")] = 1000):
-    """Measure throughput; prints JSON on stdout."""
+def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,archive,ingest,models")]
+          = "simulator,archive,models",
+          slots: Annotated[int, typer.Option(help="simulator slots")] = 1000,
+          members: Annotated[int, typer.Option(help="ensemble members for the model timings")] = 16,
+          checkpoint: Annotated[Optional[str], typer.Option(help="residual-flow checkpoint: CRPS vs steps")] = None,
+          archive: Annotated[Optional[str], typer.Option(help="archive with radar for the CRPS study")] = None):
+    """Measure throughput and model cost; prints JSON on stdout."""
     from qpe_core.benchmarks import run_benchmarks
 
-    print(json.dumps(run_benchmarks(what.split(","), n_slots=slots), indent=2))
+    print(json.dumps(run_benchmarks(what.split(","), n_slots=slots, members=members, checkpoint=checkpoint,
+                                    archive=archive), indent=2))
 
 
 @app.command()
