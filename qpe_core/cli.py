@@ -271,6 +271,7 @@ def evaluate(
     members: Annotated[int, typer.Option(help="ensemble members of generative models")] = 8,
     every: Annotated[int, typer.Option(help="use every N-th valid time")] = 1,
     max_cases: Annotated[Optional[int], typer.Option(help="at most this many cases, spread over the period")] = None,
+    steps: Annotated[Optional[str], typer.Option(help="sampler steps per kind, e.g. ddpm=20,residual-flow=4")] = None,
     report: Annotated[Path, typer.Option(help="report directory")] = Path("data/report"),
 ):
     """Score checkpoints against the archive's radar over a period; writes metrics.json and report.md."""
@@ -279,8 +280,12 @@ def evaluate(
     from qpe_core.evaluation import write_report
 
     arc = Archive.open(archive)
+    try:
+        kind_steps = {k: int(v) for k, v in (kv.split("=") for kv in steps.split(","))} if steps else None
+    except ValueError:
+        raise QpeError(f"--steps must look like ddpm=20,flow=8, got {steps!r}") from None
     with progress_bar(len(checkpoint) * (max_cases or 1), "evaluate") as step:
-        metrics = run_evaluate(arc, checkpoint, start, end, members, every, max_cases, progress=step)
+        metrics = run_evaluate(arc, checkpoint, start, end, members, every, max_cases, kind_steps, progress=step)
     path = write_report(metrics, report)
     out.print((path / "report.md").read_text())
 

@@ -110,3 +110,21 @@ def lambda_net(conv):
             return self.conv(x)
 
     return Wrap()
+
+
+def test_torchrun_two_processes_gloo(sim_archive, tmp_path):
+    """The same training code under torchrun (DDP, gloo on CPU): rank 0 writes one checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+           "-m", "qpe_core.cli", "train", "--archive", sim_archive.url, "--model", "unet", "--out", str(out),
+           "--max-steps", "2", "--patch", "32", "--batch-size", "1", "--lags", "0,-15"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    card = read_card(out)
+    assert card["steps"] == 2 and card["config"]["batch_size"] == 1
+    assert load_checkpoint(out).nets["net"] is not None
