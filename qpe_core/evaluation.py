@@ -80,7 +80,7 @@ def write_report(metrics: dict, report_dir: str | Path) -> Path:
         truth = s
         lines.append(f"| {name} | " + " | ".join(fmt.format(s[k]) if k in s else "-" for k, _, fmt in TABLE) + " |")
     if truth:
-        lines.append(f"| radar (truth) | " + " | ".join(
+        lines.append("| radar (truth) | " + " | ".join(
             f"{truth['wet_fraction_truth']:.3f}" if k == "wet_fraction" else
             f"{truth['q99_truth']:.2f}" if k == "q99" else "" for k, _, _ in TABLE) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")

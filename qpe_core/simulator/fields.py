@@ -336,7 +336,6 @@ class Dynamics:
 
     def _advance(self) -> np.ndarray:
         """Advection + AR(1) update of all latent fields and anvils; returns the inverse batch."""
-        p = self.p
         steer, upper, mean = self._displacements()
         self.adv_lower.prepare(*steer)
         self.adv_upper.prepare(*upper)
