@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/qpe demo
 
 test: $(STAMP)
+	$(BIN)/ruff check --select F,E9 qpe_core flows tests
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
