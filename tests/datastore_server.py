@@ -31,10 +31,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import io
 import json
 import threading
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -62,6 +64,23 @@ class FakeProduct:
         self.md5 = self.md5 or hashlib.md5(self.data).hexdigest()
         self.size_kb = self.size_kb if self.size_kb is not None else round(len(self.data) / 1024)
         self.filename = self.filename or f"{self.product_id}.zip"
+
+
+def zip_files(paths) -> bytes:
+    """The files zipped flat (stored), as the Data Store ships SEVIRI products."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for path in paths:
+            zf.write(path, path.name)
+    return buf.getvalue()
+
+
+def scan(collection: str, slot: dt.datetime, data: bytes, pid: str | None = None, minutes: float = 12,
+         **kw) -> FakeProduct:
+    """A product whose scan starts 9 s after ``slot`` (naive UTC) and lasts ``minutes``."""
+    start = slot + dt.timedelta(seconds=9)
+    pid = pid or f"MSG2-SEVI-MSG15-0100-NA-{start:%Y%m%d%H%M%S}.713000000Z-NA"
+    return FakeProduct(collection, pid, start, start + dt.timedelta(minutes=minutes), data, **kw)
 
 
 @dataclass

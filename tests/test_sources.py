@@ -6,20 +6,17 @@ sources and the factory."""
 from __future__ import annotations
 
 import concurrent.futures
-import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from datastore_server import DataStoreServer, FakeProduct, Fault
+from datastore_server import DataStoreServer, FakeProduct, Fault, scan, zip_files
 from qpe_core.errors import ConfigError, QpeError
 from qpe_core.sources import (DOWNLOADS, DownloadError, DownloadTimeout, GranuleCache, SourceError, make_source,
                               sanitize_name, set_download_limit)
@@ -44,19 +41,12 @@ def granule_zip() -> bytes:
     """The five HRIT files of slot 2010-01-19 12:00 (MSG2), zipped as the Data Store ships products."""
     if not HRIT_DIR.is_dir():
         pytest.skip(f"real HRIT sample not found at {HRIT_DIR} (clone next to shared/)")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for f in sorted(HRIT_DIR.iterdir()):
-            zf.write(f, f.name)
-    return buf.getvalue()
+    return zip_files(sorted(HRIT_DIR.iterdir()))
 
 
 def product(collection: str, slot: pd.Timestamp, data: bytes, pid: str | None = None, **kw) -> FakeProduct:
-    """A product of ``collection`` whose scan starts 9 s after ``slot`` (RSS scans last 4 min)."""
-    start = slot.to_pydatetime() + dt.timedelta(seconds=9)
-    minutes = 4 if collection == RSS else 12
-    pid = pid or f"MSG2-SEVI-MSG15-0100-NA-{start:%Y%m%d%H%M%S}.713000000Z-NA"
-    return FakeProduct(collection, pid, start, start + dt.timedelta(minutes=minutes), data, **kw)
+    """A product of ``collection`` for ``slot`` (RSS scans last 4 min, 0-degree ones 12)."""
+    return scan(collection, slot.to_pydatetime(), data, pid, 4 if collection == RSS else 12, **kw)
 
 
 @pytest.fixture
@@ -297,15 +287,12 @@ def test_secrets_never_logged_nor_in_messages(server, make_src, caplog, granule_
     assert any(r.name == "eumdac" for r in caplog.records) and "Bearer ***" in caplog.text  # redaction at work
 
 
-def test_missing_credentials_are_a_config_error(monkeypatch, tmp_path):
+def test_credentials_from_environment_or_a_config_error(server, monkeypatch, cache_dir):
     for var in ("EUMETSAT_CONSUMER_KEY", "EUMETSAT_CONSUMER_SECRET", "QPE_EUMETSAT_CONSUMER_KEY",
                 "QPE_EUMETSAT_CONSUMER_SECRET"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigError, match="EUMETSAT_CONSUMER_KEY"):
-        make_source("eumdac", cache=tmp_path)
-
-
-def test_credentials_from_environment(server, monkeypatch, cache_dir):
+        make_source("eumdac", api_url=server.url, cache=cache_dir)
     monkeypatch.setenv("EUMETSAT_CONSUMER_KEY", KEY)
     monkeypatch.setenv("EUMETSAT_CONSUMER_SECRET", SECRET)
     src = make_source("eumdac", api_url=server.url, cache=cache_dir)
@@ -325,13 +312,11 @@ def test_urls_ini_points_eumdac_at_the_server(server, cache_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- names
 
-@pytest.mark.parametrize("name, expected", [
-    ("../../etc/passwd", "passwd"), ("/abs/path/x.zip", "x.zip"), ("..\\..\\evil", "evil"), ("..", "product"),
-    ("", "product"), ("a/../../b", "b"), ("C:\\windows\\x", "x"), ("ok name\x00.zip", "ok_name.zip"),
-    (".hidden", "hidden"), ("EO:EUM:DAT:MSG:HRSEVIRI", "EO_EUM_DAT_MSG_HRSEVIRI"),
-])
-def test_sanitize_name(name, expected):
-    assert sanitize_name(name) == expected
+def test_sanitize_name():
+    cases = {"../../etc/passwd": "passwd", "/abs/path/x.zip": "x.zip", "..\\..\\evil": "evil", "..": "product",
+             "": "product", "a/../../b": "b", "C:\\windows\\x": "x", "ok name\x00.zip": "ok_name.zip",
+             ".hidden": "hidden", "EO:EUM:DAT:MSG:HRSEVIRI": "EO_EUM_DAT_MSG_HRSEVIRI"}
+    assert {name: sanitize_name(name) for name in cases} == cases
 
 
 def test_path_traversal_names_stay_in_the_cache(server, make_src, cache_dir, granule_zip, tmp_path):

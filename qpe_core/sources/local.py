@@ -3,8 +3,9 @@ netCDF files, or Data Store zips).
 
 Files are matched to slots by the slot time in their names, through
 :func:`qpe_core.readers.seviri.group_slots` (which also checks each file's content
-is SEVIRI); files that are not SEVIRI granules are skipped.  The files are used in
-place: :meth:`LocalSource.fetch` copies nothing.
+is SEVIRI); files that are not SEVIRI granules are skipped (Satip ``.zarr.zip``
+files too: give those to :func:`qpe_core.ingest.ingest_seviri` directly).  The
+files are used in place: :meth:`LocalSource.fetch` copies nothing.
 """
 
 from __future__ import annotations
