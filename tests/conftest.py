@@ -69,3 +69,21 @@ def s3_bucket(s3_endpoint):
     name = f"qpe-{uuid.uuid4().hex[:8]}"
     s3fs.S3FileSystem(**opts).mkdir(name)
     return name, opts
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real temporary Prefect server (SQLite) for flow tests, shared by the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def prefect_artifacts(key: str):
+    """Artifacts stored on the Prefect server under ``key``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))

@@ -3,23 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def _artifacts(key: str):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+from conftest import prefect_artifacts
 
 
 def test_simulate_archive_flow_is_idempotent(prefect_server, tmp_path):
@@ -33,7 +18,7 @@ def test_simulate_archive_flow_is_idempotent(prefect_server, tmp_path):
     again = simulate_archive(start="2024-06-01T00:00Z", periods=6, seed=3, archive_url=url)
     assert again["bt"] == info["bt"]
     np.testing.assert_array_equal(Archive.open(url).read_rain("2024-06-01T01:15"), first)
-    table = _artifacts("archive-summary")
+    table = prefect_artifacts("archive-summary")
     assert table and "bt" in str(table[0].data)
 
 
@@ -45,5 +30,5 @@ def test_ingest_flow_reports_failures(prefect_server, tmp_path):
     out = ingest_files(radar=[str(bad)], archive_url=str(tmp_path / "a.zarr"))
     assert out["written"] == 0 and len(out["failed"]) == 1
     assert bad.name in out["failed"][0]
-    rows = _artifacts("ingest-results")
+    rows = prefect_artifacts("ingest-results")
     assert rows and "failed" in str(rows[0].data)

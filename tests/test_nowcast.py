@@ -1,0 +1,79 @@
+"""The nowcast cycle (qpe_core.nowcast) and its Prefect flows, on the simulated source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rio_cogeo.cogeo import cog_validate
+
+from conftest import prefect_artifacts
+from qpe_core.archive import Archive
+from qpe_core.nowcast import check_fresh, newest_slot, run_cycle
+from qpe_core.products.cube import ProductCube
+from qpe_core.sources import make_source
+from qpe_core.errors import QpeError
+from qpe_core.training.train import TrainConfig, train
+
+CH = ["WV_062", "IR_108", "IR_120"]
+SLOT = "2024-06-01T01:00"
+
+
+@pytest.fixture(scope="module")
+def source():
+    return make_source("simulated", area="france-3km", seed=2, channels=CH)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, source):
+    root = tmp_path_factory.mktemp("ck")
+    arc = Archive.create(str(root / "train.zarr"), "france-3km", CH)
+    for t in pd.date_range("2024-06-01T00:00", periods=6, freq="15min"):
+        sev, radar = source.simulate_slot(t)
+        arc.write_seviri(sev)
+        arc.write_radar(radar)
+    train(TrainConfig(archive=arc.url, kind="residual-flow", out=str(root / "rf"), max_steps=1, patch=32,
+                      batch_size=1, lags=[0, -15], val_fraction=0.0, backbone={"base_channels": 8,
+                      "channel_mults": [1, 2], "emb_dim": 16}))
+    return str(root / "rf")
+
+
+def test_newest_slot_and_freshness():
+    assert newest_slot("2024-06-01T12:34Z") == pd.Timestamp("2024-06-01T12:00")
+    check_fresh("2024-06-01T12:00", now="2024-06-01T12:30Z")
+    with pytest.raises(QpeError, match="stale: 300 min old"):
+        check_fresh("2024-06-01T12:00", now="2024-06-01T17:00Z")
+    with pytest.raises(QpeError, match="in the future"):
+        check_fresh("2024-06-01T12:00", now="2024-06-01T11:00Z")
+
+
+def test_cycle_products_skip_and_stale(tmp_path, source, checkpoint):
+    kw = dict(archive_url=str(tmp_path / "a.zarr"), products_url=str(tmp_path / "prod"), checkpoint=checkpoint,
+              source=source, members=3, seed=1)
+    res = run_cycle(slot=SLOT, now="2024-06-01T01:30Z", **kw)
+    assert res.status == "done", res.reason
+    assert res.inputs_present == ["2024-06-01T01:00Z", "2024-06-01T00:45Z"] and res.missing_inputs == []
+    assert res.members == 3 and 0 <= res.rain_area_fraction <= 1
+    cogs = [p for k, p in res.products.items() if k not in ("cube", "quicklook")]
+    assert len(cogs) == 6 and all(cog_validate(p)[0] for p in cogs)
+    assert Path(res.products["quicklook"]).stat().st_size > 10_000
+    assert ProductCube.open(res.products["cube"]).has_slot(SLOT)
+    again = run_cycle(slot=SLOT, now="2024-06-01T01:30Z", **kw)
+    assert again.status == "skipped"
+    stale = run_cycle(slot="2024-06-01T00:45", now="2024-06-01T06:00Z", **kw)
+    assert stale.status == "stale" and "stale" in stale.reason
+
+
+def test_nowcast_and_backfill_flows(prefect_server, tmp_path, checkpoint, monkeypatch):
+    from flows.nowcast import backfill, nowcast
+
+    monkeypatch.setenv("QPE_CHANNELS", ",".join(CH))
+    kw = dict(checkpoint=checkpoint, members=2, seed=2, archive_url=str(tmp_path / "a.zarr"),
+              products_url=str(tmp_path / "prod"))
+    out = nowcast(valid_time=SLOT, max_age_minutes=10**9, **kw)
+    assert out["status"] == "done" and out["members"] == 2
+    assert prefect_artifacts("nowcast") and prefect_artifacts("nowcast-quicklook")
+    summary = backfill(start="2024-06-01T00:45Z", end="2024-06-01T01:00Z", **kw)
+    assert summary == {"slots": 2, "done": 1, "skipped": 1, "failed": 0, "stale": 0}
+    assert "backfill" in str(prefect_artifacts("backfill")[0].key)
