@@ -305,12 +305,13 @@ def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,arc
 
 
 @app.command()
-def demo(workdir: Annotated[Path, typer.Option(help="where the demo archive goes")] = Path("data/demo"),
-         periods: Annotated[int, typer.Option(help="slots to simulate")] = 96):
-    """The embedded default end to end: simulate a day, archive it, stack the last slot, summarise."""
+def demo(workdir: Annotated[Path, typer.Option(help="where the demo archive and products go")] = Path("data/demo"),
+         members: Annotated[int, typer.Option(help="ensemble members")] = 16):
+    """The embedded default end to end: one nowcast cycle (simulated source, shipped checkpoint,
+    local Prefect) writing the archive, the product cube, COGs and a quick-look."""
     from qpe_core.demo import run_demo
 
-    run_demo(workdir, periods, console=out, progress_bar=progress_bar)
+    run_demo(workdir, members, console=out)
 
 
 def main() -> None:

@@ -117,8 +117,11 @@ def test_simulate_then_info_and_stack(tmp_path):
     assert res.returncode == 2 and "not on the 15-minute slot grid" in res.stderr
 
 
-def test_demo_runs_on_the_embedded_default(tmp_path):
-    res = run_qpe("demo", "--workdir", str(tmp_path), "--periods", "6")
-    assert res.returncode == 0, res.stderr
-    assert "france-3km.zarr" in res.stdout and "SEVIRI slots / radar slots" in res.stdout and "6 / 6" in res.stdout
-    assert "(4, 7, 384, 384) (lag, channel, y, x)" in res.stdout
+def test_demo_runs_a_nowcast_cycle(tmp_path):
+    res = run_qpe("demo", "--workdir", str(tmp_path), "--members", "2",
+                  env={"PREFECT_HOME": str(tmp_path / "prefect")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "status" in res.stdout and "done" in res.stdout
+    assert (tmp_path / "products" / "france-3km.zarr").is_dir()
+    tifs = list((tmp_path / "products").rglob("*.tif"))
+    assert len(tifs) == 6 and list((tmp_path / "products").rglob("*.png"))

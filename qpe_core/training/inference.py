@@ -22,6 +22,10 @@ from qpe_core.stack import temporal_stack
 from qpe_core.timeutil import iso, to_utc
 from qpe_core.training.checkpoint import Loaded, check_card, load_checkpoint
 
+#: Physical cap on estimated rain rates (mm/h): 3-km instantaneous radar rates stay below it, and
+#: the generative tails (exp of a transformed value) must not produce impossible outliers.
+MAX_RAIN_MM_H = 300.0
+
 
 def _starts(n: int, tile: int, overlap: int) -> list[int]:
     if n <= tile:
@@ -89,7 +93,7 @@ def ensemble(model: Loaded, stack_bt: np.ndarray, members: int, steps: int | Non
     gen = torch.Generator(device=device).manual_seed(seed)
     y = model.objective.sample(nets, cond, members=members, steps=steps, sampler=sampler, generator=gen,
                                chunk=chunk)
-    rain = model.transform.inverse(y[0, :, :H, :W].float().cpu())
+    rain = model.transform.inverse(y[0, :, :H, :W].float().cpu()).clamp(max=MAX_RAIN_MM_H)
     return rain.numpy().astype("float32")
 
 
