@@ -46,7 +46,7 @@ def block_split(times: pd.DatetimeIndex, val_fraction: float = 0.2, block: str =
     blocks = times.floor(block)
     uniq = np.array(sorted(set(blocks)))
     rng = np.random.default_rng(seed)
-    n_val = max(1, int(round(val_fraction * len(uniq)))) if len(uniq) > 1 else 0
+    n_val = max(1, int(round(val_fraction * len(uniq)))) if len(uniq) > 1 and val_fraction > 0 else 0
     val_blocks = set(rng.choice(uniq, size=n_val, replace=False)) if n_val else set()
     is_val = np.array([b in val_blocks for b in blocks])
     buf = pd.Timedelta(minutes=slot_minutes * buffer_slots)
@@ -105,18 +105,3 @@ class PatchSampler:
         y0 = int(rng.integers(0, ny - self.patch + 1))
         x0 = int(rng.integers(0, nx - self.patch + 1))
         return self.read(t, y0, x0)
-
-
-class PatchDataset(torch.utils.data.IterableDataset):
-    """Endless random patches over ``times``; each worker/rank draws from its own seed."""
-
-    def __init__(self, sampler: PatchSampler, times: pd.DatetimeIndex, seed: int = 0, rank: int = 0):
-        self.sampler, self.times, self.seed, self.rank = sampler, times, seed, rank
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        wid = info.id if info else 0
-        rng = np.random.default_rng([self.seed, self.rank, wid])
-        while True:
-            t = self.times[int(rng.integers(len(self.times)))]
-            yield self.sampler.random(t, rng)

@@ -25,7 +25,7 @@ from qpe_core.archive import Archive
 from qpe_core.models import BTNormalizer, RainTransform, build_networks, make_objective
 from qpe_core.timeutil import iso
 from qpe_core.training.checkpoint import load_resume_state, save_checkpoint
-from qpe_core.training.dataset import PatchDataset, PatchSampler, block_split, valid_times
+from qpe_core.training.dataset import PatchSampler, block_split, valid_times
 
 
 class TrainConfig(BaseModel):
@@ -73,11 +73,12 @@ def _fit_normalizer(sampler: PatchSampler, times: pd.DatetimeIndex, n: int = 24)
     return BTNormalizer.fit(torch.from_numpy(bt))
 
 
-def _batches(dataset, batch: int):
-    it = iter(dataset)
-    while True:
-        items = [next(it) for _ in range(batch)]
-        yield tuple(torch.stack([x[k] for x in items]) for k in range(3))
+def _batch(sampler: PatchSampler, times: pd.DatetimeIndex, size: int, seed: int, rank: int, step: int):
+    """The batch of optimiser step ``step`` on ``rank``: a pure function of (seed, rank, step), so
+    a resumed run sees exactly the batches an uninterrupted one would."""
+    rng = np.random.default_rng([seed, rank, step])
+    items = [sampler.random(times[int(rng.integers(len(times)))], rng) for _ in range(size)]
+    return tuple(torch.stack([x[k] for x in items]) for k in range(3))
 
 
 def _val_set(sampler: PatchSampler, times: pd.DatetimeIndex, n: int, seed: int):
@@ -123,12 +124,13 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
                                     for k, v in raw.items()})
     card = _card(cfg, archive, channels, objective, in_ch, sampler.normalizer, transform, train_t, val_t, raw)
     val = _val_set(sampler, val_t, cfg.val_patches, cfg.seed) if rank == 0 and len(val_t) else None
-    batches = _batches(PatchDataset(sampler, train_t, seed=cfg.seed + step, rank=rank), cfg.batch_size)
     log_path = Path(cfg.out) / "train_log.jsonl"
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t_start, seen = time.perf_counter(), 0
     while step < cfg.max_steps:
-        cond, target, mask = (x.to(device, non_blocking=True) for x in next(batches))
+        batch = _batch(sampler, train_t, cfg.batch_size, cfg.seed, rank, step)
+        cond, target, mask = (x.to(device, non_blocking=True) for x in batch)
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, step, 1]).generate_state(1)[0]))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss, logs = objective.loss(nets, cond, target, mask)
         opt.zero_grad(set_to_none=True)
