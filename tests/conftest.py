@@ -87,3 +87,23 @@ def prefect_artifacts(key: str):
 
     with get_client(sync_client=True) as client:
         return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
+_DIE_AT_MARKER = """
+import os, sys, numpy as np, zarr
+sys.path.insert(0, {tests!r})
+real = zarr.Array.__setitem__
+def dying_setitem(self, key, value):
+    # the process dies once every data chunk is written, as the completion marker is set
+    if self.name.endswith({marker!r}) and np.isfinite(value).all():
+        os._exit(9)
+    return real(self, key, value)
+zarr.Array.__setitem__ = dying_setitem
+"""
+
+
+def crash_at_marker(marker_suffix: str, write_code: str) -> subprocess.CompletedProcess:
+    """Run ``write_code`` in a subprocess that dies (exit 9) when a completion marker whose name
+    ends with ``marker_suffix`` is set to a finite value, i.e. after the data, before the marker."""
+    script = _DIE_AT_MARKER.format(tests=str(Path(__file__).parent), marker=marker_suffix) + write_code
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from conftest import random_bt
+from conftest import crash_at_marker, random_bt
 from qpe_core.archive import ALLOC_BLOCK, Archive, find_gaps, summarize
 from qpe_core.errors import ArchiveError, MissingSlotError, QpeError
 from qpe_core.slots import radar_slot, seviri_slot
@@ -135,30 +132,17 @@ def test_concurrent_writers_of_different_slots(tmp_path):
         np.testing.assert_array_equal(arc.read_bt(t), random_bt(200 + k, 3))
 
 
-CRASH_SCRIPT = textwrap.dedent("""
-    import os, sys, numpy as np, zarr
-    sys.path.insert(0, {tests!r})
-    from conftest import random_bt
-    from qpe_core.archive import Archive
-    from qpe_core.slots import seviri_slot
-    real = zarr.Array.__setitem__
-    def dying_setitem(self, key, value):
-        # the process dies right after the data chunks, before the completion marker
-        if self.name.endswith("_coverage") and np.isfinite(value).all():
-            os._exit(9)
-        return real(self, key, value)
-    zarr.Array.__setitem__ = dying_setitem
-    arc = Archive.open({url!r}, "a")
-    arc.write_seviri(seviri_slot(random_bt(7, 3), {ch!r}, "2024-06-01T12:15", "france-3km"))
-""")
-
-
 def test_crash_between_data_and_marker_hides_slot(tmp_path):
     url = str(tmp_path / "a.zarr")
     arc = Archive.create(url, AREA, CH)
     arc.write_seviri(_sev("2024-06-01T12:15", seed=1))  # a complete slot the crash rewrites
-    script = CRASH_SCRIPT.format(tests=str(Path(__file__).parent), url=url, ch=CH)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = crash_at_marker("_coverage", f"""
+from conftest import random_bt
+from qpe_core.archive import Archive
+from qpe_core.slots import seviri_slot
+arc = Archive.open({url!r}, "a")
+arc.write_seviri(seviri_slot(random_bt(7, 3), {CH!r}, "2024-06-01T12:15", "france-3km"))
+""")
     assert proc.returncode == 9, proc.stderr
     arc = Archive.open(url, "a")
     assert not arc.has_slot("2024-06-01T12:15")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import crash_at_marker
 import xarray as xr
 
 from qpe_core.errors import ArchiveError, MissingSlotError
@@ -143,29 +142,16 @@ def test_cube_round_trip_idempotent_and_members_fixed(tmp_path):
         back.read_slot("2024-06-01T12:45")
 
 
-CRASH_SCRIPT = textwrap.dedent("""
-    import os, sys, numpy as np, zarr
-    sys.path.insert(0, {tests!r})
-    from test_products import ensemble
-    from qpe_core.products.cube import ProductCube
-    real = zarr.Array.__setitem__
-    def dying_setitem(self, key, value):
-        # the process dies once every data chunk is written, as the completion marker is set
-        if self.name.endswith("qpe_coverage") and np.isfinite(value).all():
-            os._exit(9)
-        return real(self, key, value)
-    zarr.Array.__setitem__ = dying_setitem
-    ProductCube.open({url!r}, "a").write_slot(ensemble(7))
-""")
-
-
 def test_crash_between_data_and_marker_hides_slot(tmp_path):
     url = str(tmp_path / "products.zarr")
     cube = ProductCube.create(url, AREA, members=4)
     cube.write_slot(ensemble(1))  # a complete slot that the crashing run rewrites
     cube.write_slot(ensemble(2, time="2024-06-01T12:30"))  # another slot, untouched
-    script = CRASH_SCRIPT.format(tests=str(Path(__file__).parent), url=url)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = crash_at_marker("qpe_coverage", f"""
+from test_products import ensemble
+from qpe_core.products.cube import ProductCube
+ProductCube.open({url!r}, "a").write_slot(ensemble(7))
+""")
     assert proc.returncode == 9, proc.stderr
     cube = ProductCube.open(url, "a")
     assert not cube.has_slot(T)
