@@ -38,19 +38,33 @@ def gen(seed: int) -> torch.Generator:
 
 def test_rain_transform_round_trip_and_dry_pixels():
     tr = RainTransform(scale_mm_h=1.0, dry_threshold_mm_h=0.1)
-    R = torch.tensor([0.0, 0.05, 0.0999, 0.11, 0.5, 1.0, 7.3, 55.0, 180.0])
+    R = torch.tensor([0.0, 0.05, 0.0999, 0.1, 0.11, 0.5, 1.0, 7.3, 55.0, 180.0])
     y = tr.forward(R)
-    assert tr.dry_value == -1.0 and float(y[0]) == -1.0
+    assert tr.dry_value == -1.5 and torch.all(y[R < 0.1] == -1.5)  # one dry value, 0.5 below 0 mm/h
+    assert tr.threshold_value - tr.dry_value > 0.59 and tr.dry_value < tr.cut_value < tr.threshold_value
     back = tr.inverse(y)
-    wet = R >= 0.11
+    wet = R >= 0.1
     torch.testing.assert_close(back[wet], R[wet], rtol=1e-5, atol=0)
     assert torch.all(back[R < 0.1] == 0.0)  # exactly 0, not tiny
-    noisy = torch.randn(10000, generator=gen(0)) * 2 - 1  # generative output, any value
+    # generative output, any value: never negative, never below the threshold unless exactly dry
+    noisy = torch.randn(10000, generator=gen(0)) * 2 - 1
     out = tr.inverse(noisy)
     assert (out >= 0).all() and ((out == 0) | (out >= 0.1)).all()
+    # noise of 0.1 (to 3 sigma) around the dry value stays dry (the reason for the gap)
+    assert (tr.inverse(tr.dry_value + 0.1 * torch.randn(10000, generator=gen(1)).clamp(-3, 3)) == 0).all()
     assert torch.isnan(tr.forward(torch.tensor([float("nan")]))).all()
-    assert tr.forward(torch.tensor([-3.0])).item() == -1.0  # negative rain clamped to dry
+    assert tr.forward(torch.tensor([-3.0])).item() == -1.5  # negative rain clamped to dry
     assert RainTransform.from_dict(json.loads(json.dumps(tr.to_dict()))).to_dict() == tr.to_dict()
+
+
+def test_rain_transform_without_gap_reads_old_cards():
+    old = {"scale_mm_h": 1.0, "dry_threshold_mm_h": 0.1, "offset": 1.0, "spread": 1.0}  # card before dry_gap
+    tr = RainTransform.from_dict(old)
+    assert tr.dry_gap == 0.0 and tr.dry_value == -1.0 and tr.cut_value == tr.threshold_value
+    y = torch.tensor([-1.0, -0.95, -0.9, 0.0, 2.0])
+    R = tr.inverse(y)
+    assert R[0] == 0 and R[1] == 0 and R[2] > 0.1
+    torch.testing.assert_close(R[2:], torch.expm1(y[2:] + 1.0))
 
 
 def test_bt_normalizer_fit_nan_mask_and_model_card():
@@ -212,6 +226,31 @@ def test_ddim_eta1_full_steps_equals_ancestral():
     assert len(sch.timesteps(50)) == 50 and sch.timesteps(50)[0] == 1000 and sch.timesteps(50)[-1] == 1
 
 
+class OracleStandardEps(nn.Module):
+    """Exact eps for standardised data z ~ N(m, q^2) under a cosine schedule; x_t in the last channel."""
+
+    def __init__(self, schedule, T, m, q):
+        super().__init__()
+        self.ab, self.T, self.m, self.q = schedule._alpha_bars, T, m, q
+
+    def forward(self, x, t):
+        ab = self.ab[(t * self.T).round().long()].view(-1, 1, 1, 1).float()
+        return (1 - ab).sqrt() * (x[:, -1:] - ab.sqrt() * self.m) / (ab * self.q**2 + 1 - ab)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 100), ("ancestral", 1000)])
+def test_ddpm_objective_standardises_and_starts_from_moment_matched_noise(sampler, steps):
+    """Targets y ~ N(-0.5, 0.6^2) with data stats (-0.5, 0.6): z ~ N(0, 1) exactly, so the oracle
+    sampler from t_start must give back N(-0.5, 0.6^2) in rain-transform units."""
+    obj = DDPM(clip_x0=None)
+    obj.set_data_stats(-0.5, 0.6)
+    net = OracleStandardEps(obj.schedule, obj.T, 0.0, 1.0)
+    out = obj.sample({"net": net}, torch.zeros(2, 1, 32, 32), members=8, steps=steps, sampler=sampler,
+                     generator=gen(3))
+    assert abs(out.mean().item() + 0.5) < 0.02 and abs(out.std().item() / 0.6 - 1) < 0.03
+    assert make_objective(**obj.config()).config()["data_mean"] == -0.5
+
+
 # ---------------------------------------------------------------- sampling through objectives
 
 class OracleGaussianFlow(nn.Module):
@@ -328,7 +367,7 @@ class CountingNet(nn.Module):
 
 @pytest.mark.parametrize("kind,steps,sampler,expected", [
     ("flow", 4, "euler", 4), ("flow", 4, "heun", 7), ("flow", 3, "scaled-heun", 5), ("flow", 1, "heun", 1),
-    ("ddpm", 20, "ddim", 20), ("ddpm", 20, "ancestral", 20), ("residual-flow", 4, "scaled-euler", 4),
+    ("ddpm", 20, "ddim", 20), ("ddpm", 20, "ancestral", 20), ("ddpm", 1000, "ancestral", 908), ("residual-flow", 4, "scaled-euler", 4),
     ("unet", 4, None, 0),
 ])
 def test_evals_per_member_matches_network_calls(kind, steps, sampler, expected):
@@ -340,7 +379,9 @@ def test_evals_per_member_matches_network_calls(kind, steps, sampler, expected):
 
 
 def test_eval_counts_factory_and_errors():
-    assert DDPM().evals_per_member(1000, "ancestral") == 1000
+    assert DDPM(start_alpha_bar=0.0).evals_per_member(1000, "ancestral") == 1000
+    d = DDPM()  # sampling starts at the last t with alpha_bar >= 0.02 (t = 908 of the cosine schedule)
+    assert d.t_start == 908 and d.schedule.alpha_bar(908) >= 0.02 > d.schedule.alpha_bar(909)
     assert make_objective("residual-flow").evals(16) == 16 * 4 + 1  # members x steps + shared mean
     assert make_objective("unet").evals(16) == 1
     for kind in KINDS:

@@ -119,11 +119,12 @@ class DiffusionSchedule:
         """``beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t`` (Ho et al. Eq. 7)."""
         return (1 - self.alpha_bar(t - 1)) / (1 - self.alpha_bar(t)) * self.beta(t)
 
-    def timesteps(self, steps: int) -> list[int]:
-        """Evenly spaced paper times from T down to 1 (``steps`` of them, ``steps <= T``)."""
-        if not 1 <= steps <= self.T:
-            raise ValueError(f"steps must be in 1..{self.T}, got {steps}")
-        ts = torch.linspace(1, self.T, steps, dtype=torch.float64).round().long().tolist()
+    def timesteps(self, steps: int, t_max: int | None = None) -> list[int]:
+        """Evenly spaced paper times from ``t_max`` (default T) down to 1, ``min(steps, t_max)`` of them."""
+        t_max = self.T if t_max is None else int(t_max)
+        if not 1 <= t_max <= self.T or steps < 1:
+            raise ValueError(f"need steps >= 1 and t_max in 1..{self.T}, got steps={steps}, t_max={t_max}")
+        ts = torch.linspace(1, t_max, min(steps, t_max), dtype=torch.float64).round().long().tolist()
         return sorted(set(ts), reverse=True)
 
 
@@ -143,9 +144,9 @@ def _x0_hat(x, eps, ab, clip_x0):
 
 
 def ddpm_ancestral(eps_fn: EpsFn, schedule: DiffusionSchedule, x_T: torch.Tensor,
-                   generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None
-                   ) -> torch.Tensor:
-    """Ancestral sampling, Ho et al. 2020 Algorithm 2, all T steps (T network evaluations):
+                   generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None,
+                   t_start: int | None = None) -> torch.Tensor:
+    """Ancestral sampling, Ho et al. 2020 Algorithm 2, every step from ``t_start`` (default T) to 1:
 
     ``x_{t-1} = mu_tilde(x_t, x0_hat) + sigma_t z``, ``z = 0`` at ``t = 1``, with the posterior mean
     ``mu_tilde = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0_hat + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) x_t``
@@ -153,7 +154,7 @@ def ddpm_ancestral(eps_fn: EpsFn, schedule: DiffusionSchedule, x_T: torch.Tensor
     Eq. 11, ``(x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t)``.
     """
     x = x_T
-    for t in range(schedule.T, 0, -1):
+    for t in range(schedule.T if t_start is None else t_start, 0, -1):
         ab, ab_prev, beta = schedule.alpha_bar(t), schedule.alpha_bar(t - 1), schedule.beta(t)
         x0, _ = _x0_hat(x, eps_fn(x, t), ab, clip_x0)
         mean = math.sqrt(ab_prev) * beta / (1 - ab) * x0 + math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * x
@@ -162,8 +163,9 @@ def ddpm_ancestral(eps_fn: EpsFn, schedule: DiffusionSchedule, x_T: torch.Tensor
 
 
 def ddim(eps_fn: EpsFn, schedule: DiffusionSchedule, x_T: torch.Tensor, steps: int, eta: float = 0.0,
-         generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None) -> torch.Tensor:
-    """DDIM, Song et al. 2021 Eq. 12 on the sub-sequence ``schedule.timesteps(steps)``:
+         generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None,
+         t_start: int | None = None) -> torch.Tensor:
+    """DDIM, Song et al. 2021 Eq. 12 on the sub-sequence ``schedule.timesteps(steps, t_start)``:
 
     ``x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)``,
     ``x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps + sigma z``, with
@@ -172,7 +174,7 @@ def ddim(eps_fn: EpsFn, schedule: DiffusionSchedule, x_T: torch.Tensor, steps: i
     ``clip_x0`` bounds ``x0_hat`` (near t = T, ``1/sqrt(ab_T)`` amplifies any eps error).
     ``steps`` network evaluations.
     """
-    ts = schedule.timesteps(steps)
+    ts = schedule.timesteps(steps, t_start)
     x = x_T
     for t, t_prev in zip(ts, ts[1:] + [0]):
         ab, ab_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)

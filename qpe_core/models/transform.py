@@ -1,9 +1,12 @@
 """Invertible value transforms between physical units and the networks' unit-scale space.
 
 * :class:`RainTransform`: rain rate (mm/h) <-> ``y = (log1p(R / scale) - offset) / spread``.
-  With the defaults ``scale = 1 mm/h``, ``offset = 1``, ``spread = 1``: dry (0 mm/h) -> -1,
-  1.7 mm/h -> 0, 6.4 mm/h -> 1, 19 mm/h -> 2, 54 mm/h -> 3, so fields lie roughly in [-1, 3]
-  with unit-scale spread, comparable to N(0, 1) noise.
+  With the defaults ``scale = 1 mm/h``, ``offset = 1``, ``spread = 1``: 0.1 mm/h -> -0.905,
+  1.7 mm/h -> 0, 6.4 mm/h -> 1, 19 mm/h -> 2, 54 mm/h -> 3, so fields lie roughly in [-1.5, 3]
+  with unit-scale spread, comparable to N(0, 1) noise. Dry pixels (< 0.1 mm/h) sit ``dry_gap``
+  (0.5) below the formula's 0 mm/h value, at -1.5: generative samplers leave residual noise of
+  ~0.1 around the dry value (measured on a trained DDPM), which without a gap turns dry pixels
+  into drizzle (0.1 mm/h is only 0.095 above 0 mm/h in this space).
 * :class:`BTNormalizer`: brightness temperature (K) per channel -> ``(BT - mean) / std``; NaN
   (missing) pixels become 0 and are flagged in a validity mask channel.
 
@@ -21,36 +24,51 @@ import torch
 class RainTransform:
     """Rain rate (mm/h) <-> transformed space ``y = (log1p(R / scale_mm_h) - offset) / spread``.
 
-    ``forward`` clamps negative rain to 0 and keeps NaN (missing radar) as NaN. ``inverse`` returns
-    mm/h, never negative, with every value below ``dry_threshold_mm_h`` set to exactly 0; above the
-    threshold it is the exact inverse of ``forward`` (up to float rounding).
+    ``forward`` clamps negative rain to 0 and keeps NaN (missing radar) as NaN; rain below
+    ``dry_threshold_mm_h`` maps to the single value :attr:`dry_value` when ``dry_gap > 0``.
+    ``inverse`` returns mm/h, never negative: 0 below the cut ``threshold_value - dry_gap / 2``
+    (half-way into the gap), at least ``dry_threshold_mm_h`` above it, and the exact inverse of
+    ``forward`` for wet values (up to float rounding). ``dry_gap = 0`` is the transform of cards
+    written before the gap existed (continuous below the threshold, cut at the threshold).
     """
 
     def __init__(self, scale_mm_h: float = 1.0, dry_threshold_mm_h: float = 0.1,
-                 offset: float = 1.0, spread: float = 1.0):
-        if scale_mm_h <= 0 or spread <= 0 or dry_threshold_mm_h < 0:
-            raise ValueError("scale_mm_h and spread must be > 0 and dry_threshold_mm_h >= 0")
+                 offset: float = 1.0, spread: float = 1.0, dry_gap: float = 0.5):
+        if scale_mm_h <= 0 or spread <= 0 or dry_threshold_mm_h < 0 or dry_gap < 0:
+            raise ValueError("scale_mm_h and spread must be > 0, dry_threshold_mm_h and dry_gap >= 0")
         self.scale_mm_h = float(scale_mm_h)
         self.dry_threshold_mm_h = float(dry_threshold_mm_h)
         self.offset = float(offset)
         self.spread = float(spread)
+        self.dry_gap = float(dry_gap)
+
+    def _formula(self, R: torch.Tensor) -> torch.Tensor:
+        return (torch.log1p(R.clamp(min=0.0) / self.scale_mm_h) - self.offset) / self.spread
 
     def forward(self, R: torch.Tensor) -> torch.Tensor:
         """Rain rate (mm/h) -> transformed value (dimensionless); NaN stays NaN."""
         R = torch.as_tensor(R, dtype=torch.float32) if not torch.is_tensor(R) else R
-        return (torch.log1p(R.clamp(min=0.0) / self.scale_mm_h) - self.offset) / self.spread
+        y = self._formula(R)
+        if self.dry_gap > 0:
+            y = torch.where(R < self.dry_threshold_mm_h, torch.full_like(y, self.dry_value), y)
+        return y
 
     __call__ = forward
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """Transformed value -> rain rate (mm/h) >= 0; values below the dry threshold are exactly 0."""
-        R = self.scale_mm_h * torch.expm1(y * self.spread + self.offset)
-        return torch.where(R >= self.dry_threshold_mm_h, R, torch.zeros_like(R))
+        """Transformed value -> rain rate (mm/h) >= 0; 0 below the cut, >= the dry threshold above."""
+        R = (self.scale_mm_h * torch.expm1(y * self.spread + self.offset)).clamp(min=self.dry_threshold_mm_h)
+        return torch.where(y >= self.cut_value, R, torch.zeros_like(R))
 
     @property
     def dry_value(self) -> float:
-        """Transformed value of 0 mm/h (-1 with the defaults)."""
-        return -self.offset / self.spread
+        """Transformed value of dry pixels: the formula's 0 mm/h minus ``dry_gap`` (-1.5 by default)."""
+        return -self.offset / self.spread - self.dry_gap
+
+    @property
+    def cut_value(self) -> float:
+        """``inverse`` gives 0 below this value: half-way into the gap below the threshold."""
+        return self.threshold_value - self.dry_gap / 2
 
     @property
     def threshold_value(self) -> float:
@@ -60,11 +78,13 @@ class RainTransform:
     def to_dict(self) -> dict:
         return {"type": "RainTransform", "formula": "y = (log1p(R / scale_mm_h) - offset) / spread",
                 "scale_mm_h": self.scale_mm_h, "dry_threshold_mm_h": self.dry_threshold_mm_h,
-                "offset": self.offset, "spread": self.spread}
+                "offset": self.offset, "spread": self.spread, "dry_gap": self.dry_gap}
 
     @classmethod
     def from_dict(cls, d: dict) -> RainTransform:
-        return cls(d["scale_mm_h"], d["dry_threshold_mm_h"], d.get("offset", 1.0), d.get("spread", 1.0))
+        """Rebuild from a card; cards without ``dry_gap`` predate it and mean 0."""
+        return cls(d["scale_mm_h"], d["dry_threshold_mm_h"], d.get("offset", 1.0), d.get("spread", 1.0),
+                   d.get("dry_gap", 0.0))
 
 
 class BTNormalizer:

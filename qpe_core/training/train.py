@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ class TrainConfig(BaseModel):
     start: str | None = None
     end: str | None = None
     backbone: dict = Field(default_factory=dict)  # UNet keyword arguments; {} = the backbone's defaults
+    loader_threads: int = Field(4, ge=1)  # threads reading the patches of a batch
 
 
 def _dist() -> tuple[int, int]:
@@ -73,11 +75,28 @@ def _fit_normalizer(sampler: PatchSampler, times: pd.DatetimeIndex, n: int = 24)
     return BTNormalizer.fit(torch.from_numpy(bt))
 
 
-def _batch(sampler: PatchSampler, times: pd.DatetimeIndex, size: int, seed: int, rank: int, step: int):
+def _fit_target_stats(sampler: PatchSampler, times: pd.DatetimeIndex, n: int = 24) -> tuple[float, float]:
+    """Mean and std of the transformed radar rain over up to ``n`` slots of the training period."""
+    pick = times[np.linspace(0, len(times) - 1, min(n, len(times))).astype(int)]
+    arc = sampler.archive
+    rain = torch.from_numpy(np.stack([arc.group["rain"][arc.index_of(t)][::2, ::2] for t in pick]))
+    y = sampler.transform.forward(rain)
+    y = y[torch.isfinite(y)].double()
+    return (float(y.mean()), float(y.std())) if y.numel() > 1 else (0.0, 1.0)
+
+
+def _batch(sampler: PatchSampler, times: pd.DatetimeIndex, size: int, seed: int, rank: int, step: int,
+           pool: ThreadPoolExecutor | None = None):
     """The batch of optimiser step ``step`` on ``rank``: a pure function of (seed, rank, step), so
-    a resumed run sees exactly the batches an uninterrupted one would."""
+    a resumed run sees exactly the batches an uninterrupted one would. Patches are drawn first and
+    read in ``pool`` threads (Zarr decompression releases the GIL)."""
     rng = np.random.default_rng([seed, rank, step])
-    items = [sampler.random(times[int(rng.integers(len(times)))], rng) for _ in range(size)]
+    ny, nx = sampler.archive.group["rain"].shape[-2:]
+    where = []
+    for _ in range(size):  # same draw order as PatchSampler.random
+        t = times[int(rng.integers(len(times)))]
+        where.append((t, int(rng.integers(0, ny - sampler.patch + 1)), int(rng.integers(0, nx - sampler.patch + 1))))
+    items = list((pool.map if pool else map)(lambda w: sampler.read(*w), where))
     return tuple(torch.stack([x[k] for x in items]) for k in range(3))
 
 
@@ -113,6 +132,7 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     sampler.normalizer = _fit_normalizer(sampler, train_t)
     in_ch = len(cfg.lags) * (len(channels) + 1)
     objective = make_objective(cfg.kind)
+    objective.set_data_stats(*_fit_target_stats(sampler, train_t))
     raw = build_networks(objective, in_ch, **cfg.backbone).to(device)
     ema = copy.deepcopy(raw).eval().requires_grad_(False)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -127,8 +147,9 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     log_path = Path(cfg.out) / "train_log.jsonl"
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t_start, seen = time.perf_counter(), 0
+    pool = ThreadPoolExecutor(cfg.loader_threads) if cfg.loader_threads > 1 else None
     while step < cfg.max_steps:
-        batch = _batch(sampler, train_t, cfg.batch_size, cfg.seed, rank, step)
+        batch = _batch(sampler, train_t, cfg.batch_size, cfg.seed, rank, step, pool)
         cond, target, mask = (x.to(device, non_blocking=True) for x in batch)
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, step, 1]).generate_state(1)[0]))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -152,6 +173,8 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
                 save_checkpoint(cfg.out, card, ema, raw, opt, step)
         if progress:
             progress(step, rec)
+    if pool:
+        pool.shutdown()
     if world > 1:
         torch.distributed.barrier()
     return card
