@@ -15,7 +15,8 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from qpe_core.config import load_settings
-from qpe_core.nowcast import CycleResult, run_cycle
+from qpe_core.late_runs import guard_current_run
+from qpe_core.nowcast import CycleResult, newest_slot, run_cycle
 from qpe_core.sources import make_source
 from qpe_core.timeutil import iso, slot_range, to_utc
 
@@ -55,8 +56,17 @@ def nowcast(valid_time: str | None = None, checkpoint: str = "data/checkpoints/d
             members: int = 16, seed: int = 0, max_age_minutes: int = 180, archive_url: str | None = None,
             products_url: str | None = None, source_dir: str | None = None) -> dict:
     """Estimate rain for the newest complete slot (or ``valid_time``, UTC): skips done slots,
-    refuses stale ones, records missing inputs."""
+    refuses stale ones, records missing inputs.  A scheduled run that starts more than one
+    period late exits at once as skipped when a newer run is waiting (qpe_core.late_runs)."""
     cfg = load_settings(archive_url=archive_url, products_url=products_url)
+    late = guard_current_run(cfg.slot_minutes) if valid_time is None else None
+    if late is not None and late.skip:
+        res = CycleResult(iso(newest_slot(slot_minutes=cfg.slot_minutes)), "skipped", reason=late.reason)
+        _publish([res], "nowcast")
+        get_run_logger().warning("%s", late.reason)
+        return res.row() | {"products": {}}
+    if late is not None and late.reason:
+        get_run_logger().warning("%s", late.reason)
     res = cycle_task(cfg.resolved_archive_url(), cfg.products_url, checkpoint, source, valid_time, members, seed,
                      max_age_minutes, cfg.cache_dir, source_dir)
     _publish([res], "nowcast")
