@@ -314,6 +314,38 @@ def demo(workdir: Annotated[Path, typer.Option(help="where the demo archive and 
     run_demo(workdir, members, console=out)
 
 
+@app.command()
+def deploy(
+    file: Annotated[Path, typer.Option("--file", help="Prefect deployment file")] = Path("deployments/prefect.yaml"),
+    name: Annotated[Optional[list[str]], typer.Option(help="only this deployment (repeat for several)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be registered, send nothing")] = False,
+):
+    """Create the work pools and register every deployment of FILE on the Prefect API (PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from qpe_core.deploy import deploy as run_deploy
+    from qpe_core.deploy import load_project, plan, safe_url
+
+    if dry_run:
+        spec = load_project(file, name)
+        rows, pools = plan(spec, file), [(p.name, p.type, "created if missing") for p in spec.pools()]
+    else:
+        result = run_deploy(file, name)
+        rows, pools = result.deployments, result.pools
+    out.print(f"Prefect API: {safe_url(PREFECT_API_URL.value())}" + ("  [bold](dry run)[/]" if dry_run else ""))
+    table = Table("work pool", "type", "status")
+    for p in pools:
+        table.add_row(*p)
+    out.print(table)
+    table = Table("deployment", "entrypoint", "work pool", "schedule", "concurrency", "parameters",
+                  *(() if dry_run else ("action",)))
+    for r in rows:
+        table.add_row(r["deployment"], r["entrypoint"], r["work_pool"], "\n".join(r["schedules"]) or "-",
+                      r["concurrency"], "\n".join(f"{k}={v}" for k, v in r["parameters"].items()) or "-",
+                      *(() if dry_run else (r["action"],)))
+    out.print(table)
+
+
 def main() -> None:
     """Console-script entry point: usage errors are click's; user errors one red line, exit 2."""
     try:
