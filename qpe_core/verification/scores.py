@@ -1,7 +1,10 @@
 """Streaming scores for deterministic fields and ensembles, in mm/h.
 
-pysteps' accumulators do the categorical scores (CSI), the fractions skill score
-(FSS) and the ensemble CRPS; this module adds the continuous and realism figures
+pysteps' accumulators do the categorical scores (CSI) and the fractions skill score
+(FSS); the ensemble CRPS is :func:`qpe_core.verification.ensemble.crps_pixels` (exact
+empirical-CDF form: pysteps' ``CRPS_accum`` is wrong when the truth equals a member,
+e.g. members (0, 1) and truth 0 give 0 instead of 0.25 mm/h, the common case at
+zero rain); this module adds the continuous and realism figures
 (MAE, wet fraction, quantiles, spread/skill) and keeps everything streaming:
 ``update()`` once per slot, ``compute()`` at the end.  Pixels where the truth is
 NaN (no radar) are left out everywhere.
@@ -12,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from pysteps.verification import detcatscores, probscores, spatialscores
+from pysteps.verification import detcatscores, spatialscores
+
+from qpe_core.verification.ensemble import crps_pixels
 
 WET_MM_H = 0.1
 
@@ -31,7 +36,7 @@ class Scorer:
         self.fss = {(thr, s): spatialscores.fss_init(thr, s) for thr in self.thresholds for s in self.fss_scales}
         self.fss_member = {(thr, s): spatialscores.fss_init(thr, s) for thr in self.thresholds
                            for s in self.fss_scales}
-        self.crps = probscores.CRPS_init()
+        self.crps_sum, self.crps_n = 0.0, 0
         self.abs_err = self.sq_err_mean = self.var_sum = 0.0
         self.n_pix = 0
         self.members = None
@@ -55,7 +60,8 @@ class Scorer:
                 spatialscores.fss_accum(self.fss[(thr, s)], mean, o)
                 spatialscores.fss_accum(self.fss_member[(thr, s)], f[0], o)
         if f.shape[0] > 1:
-            probscores.CRPS_accum(self.crps, f[:, ok], o[ok])
+            self.crps_sum += float(crps_pixels(f[:, ok], o[ok]).sum())
+            self.crps_n += int(ok.sum())
             self.var_sum += float(np.sum(np.var(f[:, ok], axis=0, ddof=1)))
         self.abs_err += float(np.sum(np.abs(mean[ok] - o[ok])))
         self.sq_err_mean += float(np.sum((mean[ok] - o[ok]) ** 2))
@@ -77,7 +83,7 @@ class Scorer:
                 out[f"FSS_member_{thr:g}_{s}px"] = float(spatialscores.fss_compute(self.fss_member[(thr, s)]))
         m = self.members or 1
         if m > 1:
-            out["CRPS"] = float(probscores.CRPS_compute(self.crps))
+            out["CRPS"] = self.crps_sum / self.crps_n if self.crps_n else float("nan")
             spread = np.sqrt(self.var_sum / n)
             rmse = np.sqrt(self.sq_err_mean / n)
             out["spread_skill"] = float(np.sqrt((m + 1) / m) * spread / rmse) if rmse > 0 else float("nan")
