@@ -74,6 +74,11 @@ def time_ensemble(kind: str, area: str = "france-3km", members: int = 16, steps:
     cond = torch.randn(1, in_ch, spec.height, spec.width, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     ctx = torch.autocast(device, dtype=torch.bfloat16) if bf16 else torch.autocast(device, enabled=False)
+    if device.startswith("cuda"):  # warm-up: CUDA context, cuDNN autotuning and compilation not timed
+        with ctx:
+            obj.sample(nets, cond, members=members, steps=steps, generator=gen)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as mem, ctx:
         t0 = time.perf_counter()
         obj.sample(nets, cond, members=members, steps=steps, generator=gen)
