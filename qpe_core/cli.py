@@ -271,23 +271,53 @@ def evaluate(
     members: Annotated[int, typer.Option(help="ensemble members of generative models")] = 8,
     every: Annotated[int, typer.Option(help="use every N-th valid time")] = 1,
     max_cases: Annotated[Optional[int], typer.Option(help="at most this many cases, spread over the period")] = None,
-    steps: Annotated[Optional[str], typer.Option(help="sampler steps per kind, e.g. ddpm=20,residual-flow=4")] = None,
+    steps: Annotated[Optional[list[str]], typer.Option(
+        help="sampler steps per kind, e.g. residual-flow=4 (repeat, or comma-separated)")] = None,
+    baseline: Annotated[Optional[list[str]], typer.Option(
+        help="external baseline NAME=PATH, e.g. crr=DIR of NWC SAF CRR netCDF files (repeat for several)")] = None,
+    other_grid: Annotated[bool, typer.Option(
+        "--other-grid", help="allow checkpoints trained on another grid (generalisation check)")] = False,
+    window: Annotated[Optional[str], typer.Option(help="score only rows Y0:Y1 and columns X0:X1, e.g. 300:556,"
+                                                       "400:656 (the models see only that window)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (case k uses seed + k)")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     report: Annotated[Path, typer.Option(help="report directory")] = Path("data/report"),
 ):
-    """Score checkpoints against the archive's radar over a period; writes metrics.json and report.md."""
-    from qpe_core.archive import Archive
+    """Score checkpoints and baselines against the archive's radar over a period; writes metrics.json,
+    report.md and figures under --report."""
     from qpe_core.evaluation import evaluate as run_evaluate
     from qpe_core.evaluation import write_report
 
-    arc = Archive.open(archive)
     try:
-        kind_steps = {k: int(v) for k, v in (kv.split("=") for kv in steps.split(","))} if steps else None
+        kind_steps = {k.strip(): int(v) for k, v in (kv.split("=") for item in steps or [] for kv in item.split(","))}
     except ValueError:
-        raise QpeError(f"--steps must look like ddpm=20,flow=8, got {steps!r}") from None
-    with progress_bar(len(checkpoint) * (max_cases or 1), "evaluate") as step:
-        metrics = run_evaluate(arc, checkpoint, start, end, members, every, max_cases, kind_steps, progress=step)
+        raise QpeError(f"--steps must look like residual-flow=4 or ddpm=20,flow=8, got {steps!r}") from None
+    baselines = {}
+    for item in baseline or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise QpeError(f"--baseline must look like crr=PATH, got {item!r}")
+        baselines[name.strip()] = path
+    win = None
+    if window:
+        try:
+            (y0, y1), (x0, x1) = (tuple(int(v) for v in part.split(":")) for part in window.split(","))
+            win = (y0, y1, x0, x1)
+        except ValueError:
+            raise QpeError(f"--window must look like Y0:Y1,X0:X1, got {window!r}") from None
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[label]}"), console=err, disable=not err.is_terminal)
+    with bar:
+        task = bar.add_task("evaluate", total=None, label="")
+        metrics = run_evaluate(archive, checkpoint, start, end, members, every, max_cases, kind_steps or None,
+                               seed, progress=lambda done, total, label: bar.update(
+                                   task, completed=done, total=total, label=label),
+                               baselines=baselines, other_grid=other_grid, window=win, device=device)
     path = write_report(metrics, report)
-    out.print((path / "report.md").read_text())
+    text = (path / "report.md").read_text()
+    out.print(text.split("\n## Figures")[0], markup=False)
+    out.print(f"{path / 'metrics.json'}, {path / 'report.md'} and {len(list((path / 'figures').glob('*.png')))} "
+              f"figures in {path / 'figures'}", markup=False)
 
 
 @app.command()
