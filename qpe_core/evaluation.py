@@ -246,7 +246,7 @@ def plan_cases(archive: Archive, lags: Sequence[int], start=None, end=None, ever
     times = valid_times(archive, sorted({int(v) for v in lags}, reverse=True), min_radar_coverage, start,
                         end)[::max(int(every), 1)]
     if max_cases and len(times) > max_cases:
-        times = times[np.linspace(0, len(times) - 1, max_cases).round().astype(int)]
+        times = times[np.linspace(0, len(times) - 1, max_cases).astype(int)]
     if len(times) == 0:
         raise QpeError(f"no valid time with radar and a complete stack for lags {sorted(set(lags))} in "
                        f"{archive.url} between {start} and {end}")

@@ -11,7 +11,7 @@ from conftest import SHARED, run_qpe
 
 from qpe_core.archive import Archive
 from qpe_core.errors import QpeError
-from qpe_core.evaluation import central_window, evaluate, score_ensembles, write_report
+from qpe_core.evaluation import central_window, evaluate, score_ensembles, score_npz, write_report
 from qpe_core.report import FIGURES
 from qpe_core.report.summary import COLUMNS
 from qpe_core.simulate_archive import simulate_to_archive
@@ -183,6 +183,14 @@ def test_score_ensembles_on_arrays_equals_evaluate(tiny):
     assert got["maps"]["times"] == metrics["maps"]["times"]
     np.testing.assert_array_equal(got["maps"]["truth"], metrics["maps"]["truth"])
     assert [c["held"] for c in got["expectations"]] == [c["held"] for c in metrics["expectations"]]
+
+    # the npz layout of GPU-drawn ensembles: times as strings, truth, one (n, m, y, x) array per model
+    path = tiny["root"] / "ensembles.npz"
+    np.savez_compressed(path, times=np.array([str(t) for t in times]), truth=truth, **forecasts)
+    again = score_npz(path, pixel_km=3.0)
+    assert again["times"] == metrics["times"]
+    for name, entry in metrics["models"].items():
+        assert again["models"][name]["fss"] == entry["fss"] and again["models"][name]["ensemble"] == entry["ensemble"]
 
 
 def test_score_ensembles_rejects_mismatched_shapes():

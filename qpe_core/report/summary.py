@@ -211,7 +211,27 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def expectation_lines(checks: list[dict]) -> list[str]:
-    return [f"- **{_verdict(c['held'])}** — {c['text']}" for c in checks]
+    out = []
+    for c in checks:
+        verdict = _verdict(c["held"])
+        text = c["text"]
+        out.append(f"- {text[: -len(verdict)]}**{verdict}**" if text.endswith(verdict) else f"- {text} **{verdict}**")
+    return out
+
+
+def _scale_note(metrics: dict) -> list[str]:
+    """A line naming the FSS scales actually used where they differ from the nominal 3, 24 and 96 km."""
+    used = {}
+    for entry in metrics["models"].values():
+        s = entry.get("summary") or summarize(entry)
+        for km in FSS_KM:
+            got = s.get(f"FSS_1_{km:g}km_scale_km")
+            if _finite(got) and abs(got - km) > 1e-6:
+                used[km] = got
+    if not used:
+        return []
+    return ["FSS columns use the nearest scale of the grid: " + ", ".join(
+        f"{km:g} km -> {got:g} km" for km, got in sorted(used.items())) + ".", ""]
 
 
 def report_markdown(metrics: dict, figures: dict[str, tuple[str, str]] | None = None) -> str:
@@ -227,7 +247,7 @@ def report_markdown(metrics: dict, figures: dict[str, tuple[str, str]] | None = 
               "models. Deterministic scores (MAE, CSI, FSS) on the ensemble mean; wet fraction and q99 of all "
               "members with their ratio to the radar truth; spectrum of member 0 over the truth's; events "
               "R >= threshold (mm/h). Baselines are scored on the cases where they have a field."), "",
-             "## Scores", "", markdown_table(table_rows(metrics)), "",
+             "## Scores", "", markdown_table(table_rows(metrics)), "", *_scale_note(metrics),
              "## Expectations", "", *expectation_lines(metrics.get("expectations", [])), ""]
     if figures:
         lines += ["## Figures", ""]
