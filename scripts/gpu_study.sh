@@ -19,7 +19,7 @@ for i in $(seq 0 $((NSEG - 1))); do
   start=$(python3 -c "import pandas as pd; print((pd.Timestamp('2024-06-01T00:00Z') + pd.Timedelta(minutes=15 * 240 * $i)).isoformat())")
   python3 scripts/gpu_study.py simulate $A "$start" $SEG_SLOTS $((100 + i)) > $W/sim_$i.log 2>&1 &
 done
-[ "$DEVICE" = cuda ] && el bench && timeout 150 python3 scripts/gpu_study.py bench "$OUTDIR/bench_gpu.json" > $W/bench.log 2>&1; tail -n 3 $W/bench.log
+[ "$DEVICE" = cuda ] && [ -z "${SKIP_BENCH:-}" ] && el bench && timeout 150 python3 scripts/gpu_study.py bench "$OUTDIR/bench_gpu.json" > $W/bench.log 2>&1; tail -n 3 $W/bench.log
 wait; el simulated; cat $W/sim_*.log | tail -n 2
 train() {  # kind out lags
   OMP_NUM_THREADS=2 timeout $TRAIN_S python3 -c "
@@ -34,8 +34,9 @@ wait; el trained; for d in $W/ck/*; do echo "$d $(python3 -c "import json; c=jso
 CK="$W/ck/unet $W/ck/ddpm $W/ck/flow $W/ck/residual-flow $W/ck/residual-flow-1lag"
 python3 scripts/gpu_study.py ensembles $OUTDIR/ensembles.npz $A $EVAL 16 8 $CK
 el ensembles
-STEPS_LIST="1 2 4 8 64" python3 scripts/gpu_study.py steps $OUTDIR/rf_steps.npz $A $EVAL 8 8 $W/ck/residual-flow
+STEPS_LIST=${STEPS_LIST:-"1 2 4 8 64"} python3 scripts/gpu_study.py steps $OUTDIR/rf_steps.npz $A $EVAL 8 8 $W/ck/residual-flow
 el steps
 tar czf $OUTDIR/logs.tgz -C $W $(cd $W && ls *.log ck/*/card.json ck/*/train_log.jsonl 2>/dev/null)
-tar cf - -C $W ck/residual-flow/weights.safetensors ck/residual-flow/card.json ck/ddpm/weights.safetensors ck/ddpm/card.json | split -b 15m - $OUTDIR/ck.tar.part-
+[ -z "${SKIP_CKPT:-}" ] && tar cf - -C $W ck/residual-flow/weights.safetensors ck/residual-flow/card.json ck/ddpm/weights.safetensors ck/ddpm/card.json | split -b 15m - $OUTDIR/ck.tar.part-
+for f in ensembles rf_steps; do split -b 15m $OUTDIR/$f.npz $OUTDIR/$f.npz.part- && rm $OUTDIR/$f.npz; done  # files come back up to 16 MB
 el done; ls -la $OUTDIR
