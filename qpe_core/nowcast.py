@@ -64,17 +64,19 @@ def check_fresh(slot, now=None, max_age_minutes: int = 180) -> None:
         raise QpeError(f"slot {iso(slot)} is in the future (now {iso(now)})")
 
 
-def ensure_inputs(archive: Archive, source: GranuleSource, slot, lags, cache_dir: str | None = None
-                  ) -> tuple[list[str], list[str]]:
+def ensure_inputs(archive: Archive, source: GranuleSource, slot, lags, cache_dir: str | None = None,
+                  errors: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """Bring every stack slot of ``slot`` into the archive from ``source``; returns
-    (present, missing) slot names.  A slot that cannot be had is reported, not fatal."""
+    (present, missing) slot names.  A slot that cannot be had is reported, not fatal: its
+    cause goes to ``errors`` (slot name -> message) when given."""
     present, missing = [], []
     for t in lag_times(slot, lags, archive.slot_minutes):
         if not archive.has_slot(t, "bt"):
             try:
                 _bring(archive, source, t, cache_dir)
-            except QpeError:
-                pass
+            except QpeError as exc:
+                if errors is not None:
+                    errors[iso(t)] = str(exc)
         (present if archive.has_slot(t, "bt") else missing).append(iso(t))
     return present, missing
 
@@ -104,6 +106,11 @@ def publish_products(ens, products_url: str, area: str, storage_options: dict | 
     return paths
 
 
+def _input_problems(errors: dict[str, str]) -> str:
+    """``; input slot <slot>: <cause>`` for each input slot that could not be had."""
+    return "".join(f"; input slot {t}: {msg}" for t, msg in errors.items())
+
+
 def already_done(products_url: str, area: str, slot) -> bool:
     try:
         return ProductCube.open(f"{products_url.rstrip('/')}/{area}.zarr").has_slot(slot)
@@ -116,7 +123,7 @@ def run_cycle(archive_url: str, products_url: str, checkpoint: str | Path, sourc
               max_age_minutes: int = 180, gaps: str = "mask", cache_dir: str | None = None) -> CycleResult:
     """One full cycle for ``slot`` (default: the newest complete one); never raises for data
     problems: the result says ``failed`` with the reason, and nothing half-written is visible."""
-    from qpe_core.training.checkpoint import read_card
+    from qpe_core.training.checkpoint import check_card, read_card
     from qpe_core.training.inference import predict
 
     slot = check_on_grid(slot, source.slot_minutes, "slot") if slot is not None else newest_slot(now)
@@ -130,10 +137,13 @@ def run_cycle(archive_url: str, products_url: str, checkpoint: str | Path, sourc
     if already_done(products_url, card["area"], slot):
         res.status, res.reason = "skipped", "products already exist"
         return res
+    input_errors: dict[str, str] = {}
     try:
         t0 = time.perf_counter()
         archive = Archive.open_or_create(archive_url, card["area"], card["channels"], source.slot_minutes)
-        res.inputs_present, res.missing_inputs = ensure_inputs(archive, source, slot, card["lags"], cache_dir)
+        check_card(card, archive.area, archive.channels)  # before anything is written to the archive
+        res.inputs_present, res.missing_inputs = ensure_inputs(archive, source, slot, card["lags"], cache_dir,
+                                                               input_errors)
         res.seconds["inputs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ens = predict(archive, slot, checkpoint, members, steps, seed, gaps=gaps)
@@ -142,8 +152,9 @@ def run_cycle(archive_url: str, products_url: str, checkpoint: str | Path, sourc
         res.products = publish_products(ens, products_url, archive.area)
         res.seconds["products"] = time.perf_counter() - t0
     except QpeError as exc:
-        res.reason = str(exc)
+        res.reason = str(exc) + _input_problems(input_errors)
         return res
+    res.reason = _input_problems(input_errors).removeprefix("; ")
     mean = ens["rain"].mean("member").values
     res.members = int(ens.sizes["member"])
     res.rain_area_fraction = float(np.nanmean(mean > 0.1))

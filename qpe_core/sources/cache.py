@@ -23,8 +23,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -159,7 +161,8 @@ class GranuleCache:
         raw = json.dumps(data, indent=1).encode()
         local = self.local_root / self.slot_key(collection, slot) / name
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(local.name + ".tmp")
+        # a temporary name of its own: threads of one process may write the same manifest at once
+        tmp = local.with_name(f"{local.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         tmp.write_bytes(raw)
         tmp.replace(local)
         if self.remote:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 import requests
+import eumdac.request
 import urllib3
 from eumdac.datastore import DataStore
 from eumdac.errors import EumdacError
@@ -64,6 +65,25 @@ _RETRY_STATUS = {429, 500, 502, 503, 504}
 # ----------------------------------------------------------------------------- eumdac plumbing
 
 _LAST = threading.local()  # Retry-After of the last response seen by this thread
+
+
+class _RetryWithinTimeout(eumdac.request.RetryAndLog):
+    """eumdac's urllib3 retry policy, except that a ``Retry-After`` longer than half the
+    per-request timeout of the calling thread is not slept inside eumdac: the response goes
+    back to :class:`DataStoreSource`, which waits (or gives up beyond ``max_retry_after_s``)
+    itself.  Without this, urllib3 sleeps whatever the server asks (up to 6 h) in a request
+    that :func:`bounded_call` has abandoned, and that keeps a download slot meanwhile."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if response is not None and self.respect_retry_after_header:
+            header = response.headers.get("Retry-After")
+            wait = retry_after_seconds(header)
+            if wait is not None and wait > getattr(_LAST, "inline_retry_after_s", 30.0):
+                raise urllib3.exceptions.MaxRetryError(_pool, url, f"Retry-After {header} left to the caller")
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+eumdac.request.RetryAndLog = _RetryWithinTimeout  # what eumdac.request._get_adapter builds per request
 
 
 class _HookedBearer(HTTPBearerAuth):
@@ -132,6 +152,7 @@ def _bounded(fn: Callable, timeout: float, on_late: Callable | None = None):
     ``timeout`` s without activity (eumdac logs its own retries) abandon it."""
     def run():
         _LAST.retry_after = None
+        _LAST.inline_retry_after_s = timeout / 2
         try:
             return fn()
         except BaseException as exc:
@@ -219,9 +240,18 @@ class DataStoreSource(GranuleSource):
     def fetch(self, slot, dest_cache: GranuleCache | str | Path | None = None) -> list[Path]:
         """Local zip(s) of the slot: a complete valid cached slot of any collection
         (preference order) is returned without network access; else the first
-        collection with a product is searched and downloaded into the cache."""
+        collection with a product is searched and downloaded into the cache.  A cache
+        that cannot be read or written (disk full, object store refusing) raises
+        :class:`DownloadError` naming the slot, the cache and the cause."""
         slot = self.check_slot(slot)
         cache = as_cache(dest_cache) if dest_cache is not None else self.cache
+        try:
+            return self._fetch(slot, cache)
+        except OSError as exc:  # download failures are classified inside; these are the cache's
+            raise DownloadError(f"slot {iso(slot)}: granule cache {cache.url} failed: "
+                                f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+
+    def _fetch(self, slot: pd.Timestamp, cache: GranuleCache) -> list[Path]:
         for collection in self.collections:
             hit = cache.slot_hit(collection, slot)
             if hit:
@@ -330,7 +360,13 @@ class DataStoreSource(GranuleSource):
             read = getattr(raw, "read1", raw.read)  # read1 keeps what arrived before a failure
             with open(part, "ab" if offset else "wb") as fh:
                 while chunk := read(1 << 20):
-                    fh.write(chunk)
+                    try:  # a local write failure (disk full, file size limit) is no network fault
+                        fh.write(chunk)
+                        fh.flush()
+                    except OSError as exc:
+                        raise DownloadError(f"{ref.label}: cannot write {part}: {exc.strerror or exc} "
+                                            "(local disk full or file size limit); the bytes written "
+                                            "so far are kept to resume") from None
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
             failure = _classify(exc, None)
             if total is not None and not failure.timeout:
