@@ -106,6 +106,15 @@ class Archive(TimeCube):
         bt = ds["bt"].sel(channel=self.channels).values.astype("float32")
         return self._write(ds, "bt", {"bt": bt}, float(np.isfinite(bt).mean()))
 
+    @staticmethod
+    def _refuse_empty(ds: xr.Dataset, what: str, coverage: float) -> None:
+        """An all-NaN slot says nothing and would pass for a complete one: refuse it."""
+        if coverage == 0.0:
+            files = ds.attrs.get("source_files") or ds.attrs.get("source_file")
+            origin = f" (from {', '.join(files) if isinstance(files, list) else files})" if files else ""
+            raise ArchiveError(f"{what} slot {iso(ds['time'].values)}{origin} has no valid pixel on the "
+                               f"archive grid (all NaN): not written")
+
     def write_radar(self, ds: xr.Dataset) -> SlotWrite:
         """Write one radar slot (``rain(y, x)`` in mm/h, optional ``quality``) atomically; idempotent."""
         self._check_slot(ds, "rain")
@@ -129,13 +138,16 @@ class Archive(TimeCube):
 
     def _write(self, ds: xr.Dataset, kind: str, arrays: dict[str, np.ndarray], coverage: float) -> SlotWrite:
         ts = to_utc(ds["time"].values)
-        self.ensure_range(ts)
-        i = self.index_of(ts)
-        marker = self.group[f"{kind}_coverage"]
-        marker[i] = np.nan  # hide the slot while it is rewritten
-        for name, values in arrays.items():
-            self.group[name][i] = values
-        marker[i] = np.float32(coverage)  # the slot becomes visible only now
+        what = "SEVIRI" if kind == "bt" else "radar"
+        self._refuse_empty(ds, what, coverage)
+        with self.writing(what, ts):
+            self.ensure_range(ts)
+            i = self.index_of(ts)
+            marker = self.group[f"{kind}_coverage"]
+            marker[i] = np.nan  # hide the slot while it is rewritten
+            for name, values in arrays.items():
+                self.group[name][i] = values
+            marker[i] = np.float32(coverage)  # the slot becomes visible only now
         return SlotWrite(ts, i, coverage)
 
     # ------------------------------------------------------------------ reading

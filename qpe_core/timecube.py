@@ -28,6 +28,9 @@ from qpe_core.grids import crs_attrs, grid_xy
 from qpe_core.timeutil import check_on_grid, iso, to_utc
 
 ALLOC_BLOCK = 2976  # slots added per extension: 31 days of 15-minute slots
+#: How far beyond the current UTC time a slot may lie: later ones are refused (a garbled or
+#: mistyped date would otherwise grow the time axis by years, or set the origin in the future).
+MAX_LEAD = pd.Timedelta(days=1)
 TIME_UNITS = "minutes since 1970-01-01 00:00:00"
 GRID_MAPPING = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
 _EPOCH = pd.Timestamp("1970-01-01")
@@ -147,7 +150,15 @@ class TimeCube:
         return self.origin + pd.Timedelta(minutes=self.slot_minutes * int(index))
 
     def ensure_range(self, start, end=None) -> None:
-        """Make sure slots ``start``..``end`` (UTC) are allocated on the time axis."""
+        """Make sure slots ``start``..``end`` (UTC) are allocated on the time axis.  Slots off
+        the slot grid or more than :data:`MAX_LEAD` in the future are refused before anything
+        is written."""
+        for value in (start, end) if end is not None else (start,):
+            ts = check_on_grid(value, self.slot_minutes, "slot")
+            now = pd.Timestamp.now("UTC").tz_localize(None)
+            if ts > now + MAX_LEAD:
+                raise ArchiveError(f"slot {iso(ts)} is in the future (now {iso(now)}): {self.url} refuses "
+                                   f"slots more than {MAX_LEAD / pd.Timedelta(hours=1):.0f} h ahead")
         if self.origin is not None and self.index_of(end if end is not None else start) < len(self):
             self.index_of(start)  # raises if before the origin
             return
@@ -173,6 +184,18 @@ class TimeCube:
         self.group = zarr.open_group(self.group.store, mode="r+", zarr_format=3)
         origin = self.group.attrs.get("time_origin")
         self.origin = pd.Timestamp(origin) if origin else None
+
+    @contextlib.contextmanager
+    def writing(self, what: str, ts: pd.Timestamp):
+        """Turn storage failures (disk full, object store errors) during the write of slot
+        ``ts`` into an :class:`ArchiveError` naming the cube, the slot and the cause.  The
+        completion marker is set last, so the slot is not shown as complete by this write."""
+        try:
+            yield
+        except OSError as exc:
+            raise ArchiveError(f"{self.url}: cannot write {what} slot {iso(ts)} "
+                               f"({type(exc).__name__}: {str(exc)[:300]}); the slot is not marked "
+                               "complete by this write, re-run it") from exc
 
     @contextlib.contextmanager
     def _lock(self):

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 import xarray as xr
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
@@ -52,6 +54,9 @@ COG_OPTIONS = {
     "OVERVIEWS": "IGNORE_EXISTING", "OVERVIEW_RESAMPLING": "AVERAGE", "BIGTIFF": "NO", "NUM_THREADS": 1,
 }
 GDAL_ENV = {"GDAL_PAM_ENABLED": "NO", "GDAL_NUM_THREADS": 1}
+#: What a failed write of a product file raises: OS and object-store errors, and GDAL's (a full
+#: disk gives CPLE_AppDefinedError "Write error", or SystemError "Unknown GDAL Error").
+_STORAGE_ERRORS = (OSError, rasterio.errors.RasterioError, CPLE_BaseError, SystemError)
 
 
 def is_remote(url: str) -> bool:
@@ -67,7 +72,17 @@ def product_path(root: str | Path, area: str, valid_time, product: str, ext: str
 
 def publish(write, dest: str, storage_options: dict | None = None) -> str:
     """Produce ``dest`` atomically: ``write(tmp_path)`` fills a local temporary file, which is
-    then renamed to ``dest`` (local) or uploaded to ``dest`` in one PUT (``s3://``)."""
+    then renamed to ``dest`` (local) or uploaded to ``dest`` in one PUT (``s3://``).  Storage
+    failures (disk full, object store errors) raise :class:`QpeError` naming ``dest``; nothing
+    appears under ``dest`` then."""
+    try:
+        return _publish(write, dest, storage_options)
+    except _STORAGE_ERRORS as exc:
+        raise QpeError(f"cannot write {dest} ({type(exc).__name__}: {str(exc)[:300]}); "
+                       "nothing was published under that name") from exc
+
+
+def _publish(write, dest: str, storage_options: dict | None = None) -> str:
     suffix = Path(dest).suffix
     if is_remote(dest):
         import fsspec
@@ -154,6 +169,14 @@ def _write_cog(stats: xr.Dataset, product: str, path: str) -> None:
             src.units = (tags["units"],)
         with mem.open() as src:
             rasterio.shutil.copy(src, path, driver="COG", **COG_OPTIONS)
+        # GDAL does not always report a failed write (a full disk can leave a truncated file
+        # behind a successful copy): read the file back before it is published.
+        with rasterio.open(path) as out:
+            back = out.read(1)
+            for factor in out.overviews(1):
+                out.read(1, out_shape=(max(1, data.shape[0] // factor), max(1, data.shape[1] // factor)))
+        if not np.array_equal(back, data, equal_nan=True):
+            raise QpeError(f"{path}: the COG written does not read back as the data (incomplete write)")
 
 
 def _as_stats(ds: xr.Dataset) -> xr.Dataset:

@@ -133,16 +133,17 @@ class ProductCube(TimeCube):
         members = rain.values.astype("float32")
         coverage = float(np.isfinite(stats["mean"].values).mean())
 
-        self.ensure_range(ts)
-        i = self.index_of(ts)
-        marker = self.group[MARKER]
-        marker[i] = np.nan  # hide the slot while it is rewritten
-        self.group["qpe"][i] = members
-        for name in STAT_VARS:
-            self.group[name][i] = stats[name].values.astype("float32")
-        self.group["slot_metadata"][i] = json.dumps(meta, sort_keys=True, separators=(",", ":"))
-        self.group["n_missing_inputs"][i] = np.int16(len(meta["missing_inputs"]))
-        marker[i] = np.float32(coverage)  # the slot becomes visible only now
+        with self.writing("product", ts):
+            self.ensure_range(ts)
+            i = self.index_of(ts)
+            marker = self.group[MARKER]
+            marker[i] = np.nan  # hide the slot while it is rewritten
+            self.group["qpe"][i] = members
+            for name in STAT_VARS:
+                self.group[name][i] = stats[name].values.astype("float32")
+            self.group["slot_metadata"][i] = json.dumps(meta, sort_keys=True, separators=(",", ":"))
+            self.group["n_missing_inputs"][i] = np.int16(len(meta["missing_inputs"]))
+            marker[i] = np.float32(coverage)  # the slot becomes visible only now
         return SlotWrite(ts, i, coverage)
 
     # ------------------------------------------------------------------ reading
