@@ -239,5 +239,8 @@ class TimeCube:
         async def keys():
             return [k async for k in self.group.store.list_prefix(f"{name}/c/")]
 
-        found = sorted(int(k.rsplit("/", 1)[-1]) for k in sync(keys()))
+        # names that are not chunk indices are temporary files of a writer killed mid-write
+        # (zarr writes ``<index>.<uuid>.partial`` then renames it): not chunks, not slots
+        names = (k.rsplit("/", 1)[-1] for k in sync(keys()))
+        found = sorted(int(n) for n in names if n.isdigit())
         return np.array([i for i in found if i < len(self)], dtype="int64")
