@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from qpe_core.archive import Archive
-from qpe_core.errors import QpeError
+from qpe_core.errors import InputFileError, QpeError
 from qpe_core.ingest import ingest_seviri
 from qpe_core.products.cog import write_cogs
 from qpe_core.products.cube import ProductCube
@@ -89,6 +89,12 @@ def _bring(archive: Archive, source: GranuleSource, t: pd.Timestamp, cache_dir: 
         return
     files = source.fetch(t, cache_dir)
     if files:
+        from qpe_core.readers.seviri import group_slots
+
+        held = set(group_slots(files, archive.slot_minutes))  # the slots the files say they hold
+        if held != {t}:  # a granule of another slot: refused before anything is written
+            raise InputFileError(f"granule(s) {', '.join(Path(f).name for f in files)} fetched for slot {iso(t)} "
+                                 f"hold slot(s) {', '.join(iso(u) for u in sorted(held))}: not ingested")
         report = ingest_seviri(files, archive, cache_dir=cache_dir)
         if report.failed:
             raise QpeError("; ".join(r.reason for r in report.failed))

@@ -143,14 +143,41 @@ def group_slots(paths: Iterable[str | Path], slot_minutes: int = 15) -> dict[pd.
 
 # ----------------------------------------------------------------------------- checks
 
+def _hrit_header_problem(path: Path, header_len: int, label: str) -> str | None:
+    """Why the header records of an HRIT file are not sound (records must tile the header,
+    the annotation record must name the same channel, segment and slot as the file), or None."""
+    with open(path, "rb") as fh:
+        head = fh.read(min(header_len, 1 << 20))
+    if len(head) < header_len:
+        return None  # truncated: reported by the size check
+    pos, annotation = 0, None
+    while pos < header_len:
+        if pos + 3 > header_len:
+            return f"header record at byte {pos} overruns the {header_len}-byte header"
+        kind, length = head[pos], int.from_bytes(head[pos + 1:pos + 3], "big")
+        if length < 3 or pos + length > header_len or (pos == 0 and (kind, length) != (0, 16)):
+            return f"corrupt header record at byte {pos} (type {kind}, length {length})"
+        if kind == 4:
+            annotation = head[pos + 3:pos + length].decode("ascii", errors="replace").strip("\x00 ")
+        pos += length
+    name, text = _HRIT_NAME.match(path.name), _HRIT_NAME.match(annotation or "")
+    if name and text and any(name[k] != text[k] for k in ("sat", "chan", "seg", "time")):
+        return f"the file name disagrees with its header annotation {annotation!r}"
+    return None
+
+
 def _check_complete(path: Path, reader: str, label: str) -> None:
-    """Raise if a file is empty or shorter than its own header says (truncated)."""
+    """Raise if a file is empty or shorter than its own header says (truncated), or if an
+    HRIT header is corrupt."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(4096)
     expected = None
     if reader == HRIT and head[:3] == b"\x00\x00\x10" and len(head) >= 16:
         expected = int.from_bytes(head[4:8], "big") + -(-int.from_bytes(head[8:16], "big") // 8)
+        problem = _hrit_header_problem(path, int.from_bytes(head[4:8], "big"), label)
+        if problem:
+            raise InputFileError(f"{label}: {problem}")
     elif reader == NATIVE:
         m = re.search(rb"TotalFileSize\s*:\s*(\d+)", head)
         expected = int(m[1]) if m else _NATIVE_HEADER_BYTES
@@ -251,7 +278,24 @@ def _platform(arrays: list[xr.DataArray], names: str) -> str:
     return platforms.pop()
 
 
-def _resample(arrays: list[xr.DataArray], area: str, cache_dir, names: str) -> np.ndarray:
+def _corrupt_channels(arrays: list[xr.DataArray], rows, cols, files: list[tuple[str, Path]]) -> str:
+    """``channel(s) X (file names) of `` for the channels whose data cannot be decoded, or ''."""
+    bad = []
+    for a in arrays:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "divide by zero", RuntimeWarning)
+                a.data[rows, cols].compute()
+        except Exception:
+            bad.append(str(a.attrs.get("name", "?")))
+    if not bad:
+        return ""
+    culprits = [Path(label).name for label, _ in files if any(ch in Path(label).name for ch in bad)]
+    return f"channel(s) {', '.join(bad)}" + (f" ({', '.join(culprits)})" if culprits else "") + " of "
+
+
+def _resample(arrays: list[xr.DataArray], area: str, cache_dir, names: str,
+              files: list[tuple[str, Path]] = ()) -> np.ndarray:
     """(channel, y, x) float32 K on the grid; only the source window the grid needs is read."""
     sources = {a.attrs["area"].area_extent for a in arrays}
     if len(sources) != 1:
@@ -263,7 +307,8 @@ def _resample(arrays: list[xr.DataArray], area: str, cache_dir, names: str) -> n
             warnings.filterwarnings("ignore", "divide by zero", RuntimeWarning)
             window = da.stack([a.data[rows, cols] for a in arrays]).compute()
     except Exception as exc:
-        raise InputFileError(f"corrupt data in {names}: {exc}") from exc
+        which = _corrupt_channels(arrays, rows, cols, list(files))
+        raise InputFileError(f"corrupt data in {which}{names}: {exc}") from exc
     bt = lut.apply(window)
     bt[~np.isfinite(bt) | (bt <= 0)] = np.nan  # space, missing segments, invalid counts
     return bt
@@ -292,9 +337,9 @@ def read_seviri(paths: Sequence[str | Path], area: str = DEFAULT_AREA, channels:
             raise InputFileError("files of several formats for one slot: "
                                  + ", ".join(f"{Path(k).name} ({v})" for k, v in readers.items()))
         reader = next(iter(readers.values()))
+        name_slot = _check_slot(files, reader, slot_minutes)
         for label, p in files:
             _check_complete(p, reader, label)
-        name_slot = _check_slot(files, reader, slot_minutes)
         names = _describe(files, name_slot)
         arrays = _load(_scene(files, reader), channels, names)
         time = _slot_time(arrays[0], slot_minutes)
@@ -303,6 +348,6 @@ def read_seviri(paths: Sequence[str | Path], area: str = DEFAULT_AREA, channels:
         if expect_time is not None and to_utc(expect_time) != time:
             raise InputFileError(f"{names}: got slot {iso(time)}, expected {iso(expect_time)}")
         platform = _platform(arrays, names)
-        bt = _resample(arrays, area, cache_dir, names)
+        bt = _resample(arrays, area, cache_dir, names, files)
     return seviri_slot(bt, channels, time, area, platform_name=platform, sensor="seviri", reader=reader,
                        source_files=[p.name for p in paths], resampling="nearest (cached LUT)")

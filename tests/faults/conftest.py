@@ -46,9 +46,13 @@ class FaultRecord:
     def flag(self, message: str, n: int = 1) -> None:
         self.flagged += n
         self.message = str(message)[:400]
+        if self.kind == "bad-input":  # each bad input is one injected fault
+            self.injected += n
 
     def recover(self, n: int = 1, note: str = "") -> None:
         self.recovered += n
+        if self.kind == "bad-input":
+            self.injected += n
         if note:
             self.message = note[:400]
 
@@ -136,15 +140,15 @@ def lut_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hrit_checkpoint(tmp_path_factory) -> str:
     """A tiny residual-flow checkpoint on france-3km for the HRIT channels with lag 0 only
-    (trained one step on simulated slots): enough to run whole nowcast cycles."""
+    (trained one step on synthetic slots): enough to run whole nowcast cycles."""
+    from faults.scenes import sim_slot
     from qpe_core.archive import Archive
-    from qpe_core.sources.simulated import simulate_slot
     from qpe_core.training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("ck")
     arc = Archive.create(str(root / "train.zarr"), "france-3km", HRIT_CHANNELS)
-    for t in pd.date_range("2024-06-01T00:00", periods=2, freq="15min"):
-        sev, radar = simulate_slot("france-3km", t, 5, HRIT_CHANNELS)
+    for t in ("2024-06-01T00:00", "2024-06-01T00:15"):
+        sev, radar = sim_slot(t, 5, channels=HRIT_CHANNELS)
         arc.write_seviri(sev)
         arc.write_radar(radar)
     train(TrainConfig(archive=arc.url, kind="residual-flow", out=str(root / "rf"), max_steps=1, patch=32,

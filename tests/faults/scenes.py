@@ -35,18 +35,19 @@ def ensemble(time: str = "2024-06-01T12:00", members: int = 4, area: str = "fran
     return attach_grid(ds, area)
 
 
-def sim_slot(time: str = "2024-06-01T00:00", seed: int = 3, area: str = "france-3km"):
+def sim_slot(time: str = "2024-06-01T00:00", seed: int = 3, area: str = "france-3km",
+             channels: list[str] = SIM_CHANNELS):
     """``(seviri, radar)`` slot of synthetic noise fields (fast; the simulator is not the point):
-    brightness temperatures (K) of :data:`SIM_CHANNELS` with a NaN strip, rain rates (mm/h)."""
+    brightness temperatures (K) of ``channels`` with a NaN strip, rain rates (mm/h)."""
     from qpe_core.grids import get_spec
     from qpe_core.slots import radar_slot, seviri_slot
 
     spec = get_spec(area)
     rng = np.random.default_rng([seed, int(pd.Timestamp(time).value // 60_000_000_000)])
-    bt = rng.normal(260.0, 15.0, (len(SIM_CHANNELS), spec.height, spec.width)).astype("float32")
+    bt = rng.normal(260.0, 15.0, (len(channels), spec.height, spec.width)).astype("float32")
     bt[:, :5, :] = np.nan
     rain = rng.gamma(0.3, 2.0, (spec.height, spec.width)).astype("float32")
-    return (seviri_slot(bt, SIM_CHANNELS, time, area, source_files=["synthetic"]),
+    return (seviri_slot(bt, list(channels), time, area, source_files=["synthetic"]),
             radar_slot(rain, time, area, source_file="synthetic"))
 
 

@@ -311,8 +311,7 @@ def test_nowcast_cycle_on_a_failing_data_store(datastore, make_ds_source, record
 
     rec = record("nowcast cycle: Data Store 502 on every download, then healthy")
     datastore.always("download", Fault(status=502))
-    src = make_ds_source(max_attempts=2, cache=tmp_path / "cache")
-    res = _cycle(tmp_path, hrit_checkpoint, src, lut_dir)
+    res = _cycle(tmp_path, hrit_checkpoint, make_ds_source(max_attempts=1, cache=tmp_path / "cache"), lut_dir)
     assert res.status == "failed"
     assert f"input slot {SLOT_LABEL}" in res.reason and "HTTP 502" in res.reason, res.reason
     assert "missing SEVIRI slot(s) 2010-01-19T12:00Z" in res.reason
@@ -323,7 +322,7 @@ def test_nowcast_cycle_on_a_failing_data_store(datastore, make_ds_source, record
 
     datastore.always("download", None)
     datastore.inject("download", Fault(status=503), Fault(truncate=500_000))  # a bumpy but working server
-    again = _cycle(tmp_path, hrit_checkpoint, src, lut_dir)
+    again = _cycle(tmp_path, hrit_checkpoint, make_ds_source(max_attempts=3, cache=tmp_path / "cache"), lut_dir)
     assert again.status == "done", again.reason
     assert again.inputs_present == [SLOT_LABEL] and again.reason == ""
     assert ProductCube.open(again.products["cube"]).has_slot(SLOT)
