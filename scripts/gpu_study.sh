@@ -21,22 +21,26 @@ for i in $(seq 0 $((NSEG - 1))); do
 done
 [ "$DEVICE" = cuda ] && [ -z "${SKIP_BENCH:-}" ] && el bench && timeout 150 python3 scripts/gpu_study.py bench "$OUTDIR/bench_gpu.json" > $W/bench.log 2>&1; tail -n 3 $W/bench.log
 wait; el simulated; cat $W/sim_*.log | tail -n 2
-train() {  # kind out lags
+train() {  # kind out lags [extra TrainConfig keywords]
   OMP_NUM_THREADS=2 timeout $TRAIN_S python3 -c "
 from qpe_core.training.train import TrainConfig, train
 train(TrainConfig(archive='$A', kind='$1', out='$W/ck/$2', lags=$3, max_steps=$STEPS, patch=128, batch_size=8,
       lr=5e-4, ema_decay=0.995, end='$TRAIN_END', device='$DEVICE', loader_threads=3, save_every=100,
-      val_every=200))" > $W/train_$2.log 2>&1
+      val_every=200, ${4:-}))" > $W/train_$2.log 2>&1
 }
-train unet unet "[0,-15,-30,-45]" & train ddpm ddpm "[0,-15,-30,-45]" & train flow flow "[0,-15,-30,-45]" &
-train residual-flow residual-flow "[0,-15,-30,-45]" & train residual-flow residual-flow-1lag "[0]" &
-wait; el trained; for d in $W/ck/*; do echo "$d $(python3 -c "import json; c=json.load(open('$d/card.json')); print(c['steps'], c.get('validation'))")"; done
-CK="$W/ck/unet $W/ck/ddpm $W/ck/flow $W/ck/residual-flow $W/ck/residual-flow-1lag"
+# MODELS: "name:kind:lags[:extra keywords]" separated by spaces
+L4="[0,-15,-30,-45]"
+MODELS=${MODELS:-"unet:unet:$L4 ddpm:ddpm:$L4 flow:flow:$L4 residual-flow:residual-flow:$L4 residual-flow-1lag:residual-flow:[0]"}
+CK=""
+for m in $MODELS; do
+  IFS=: read -r name kind lags extra <<< "$m"; train "$kind" "$name" "$lags" "$extra" & CK="$CK $W/ck/$name"
+done
+wait; el trained; for d in $CK; do echo "$d $(python3 -c "import json; c=json.load(open('$d/card.json')); print(c['steps'], c.get('validation'))")"; done
 python3 scripts/gpu_study.py ensembles $OUTDIR/ensembles.npz $A $EVAL 16 8 $CK
 el ensembles
-STEPS_LIST=${STEPS_LIST:-"1 2 4 8 64"} python3 scripts/gpu_study.py steps $OUTDIR/rf_steps.npz $A $EVAL 8 8 $W/ck/residual-flow
+[ -n "${STEPS_LIST-default}" ] && STEPS_LIST=${STEPS_LIST:-"1 2 4 8 64"} python3 scripts/gpu_study.py steps $OUTDIR/rf_steps.npz $A $EVAL 8 8 $W/ck/residual-flow
 el steps
 tar czf $OUTDIR/logs.tgz -C $W $(cd $W && ls *.log ck/*/card.json ck/*/train_log.jsonl 2>/dev/null)
 [ -z "${SKIP_CKPT:-}" ] && tar cf - -C $W ck/residual-flow/weights.safetensors ck/residual-flow/card.json ck/ddpm/weights.safetensors ck/ddpm/card.json | split -b 15m - $OUTDIR/ck.tar.part-
-for f in ensembles rf_steps; do split -b 15m $OUTDIR/$f.npz $OUTDIR/$f.npz.part- && rm $OUTDIR/$f.npz; done  # files come back up to 16 MB
+for f in ensembles rf_steps; do [ -f $OUTDIR/$f.npz ] && split -b 15m $OUTDIR/$f.npz $OUTDIR/$f.npz.part- && rm $OUTDIR/$f.npz; done  # files come back up to 16 MB
 el done; ls -la $OUTDIR

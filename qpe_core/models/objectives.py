@@ -318,8 +318,8 @@ class ResidualFlow(FlowMatching):
     """Regression mean + flow matching on the scale-normalised residual (the product default).
 
     Networks: ``mean`` = ``UNet(C, 2)``: channel 0 the mean ``m`` (masked MSE, as :class:`Regression`),
-    channel 1 ``log s``, the residual std (Gaussian NLL of the detached residual, so
-    ``s^2 -> E[r^2 | cond]``); ``flow`` = ``UNet(C + 2, 1)`` on ``cat(cond, m, x_t)``. The flow
+    channel 1 ``log s``, the residual std (Gaussian NLL of the detached residual under the floored
+    scale ``s_hat``, so ``s_hat^2 -> E[r^2 | cond]`` where that exceeds the floor); ``flow`` = ``UNet(C + 2, 1)`` on ``cat(cond, m, x_t)``. The flow
     learns ``u = r / s_hat`` with ``r = y - m`` and ``s_hat = sqrt(s^2 + scale_floor^2)``
     (m, s detached), so ``u`` has about unit variance at every pixel, dry or convective; the
     ensemble is ``y = m + s_hat u``. With a fixed ``sigma_r`` the mean network has one channel and
@@ -368,8 +368,12 @@ class ResidualFlow(FlowMatching):
         l_mean = masked_mse(mean, y, m)
         r = ((y - mean) * m).detach()
         l_scale = torch.zeros_like(l_mean)
-        if self.sigma_r is None:
-            l_scale = ((log_s + 0.5 * r**2 * torch.exp(-2 * log_s)) * m).sum() / m.sum().clamp(min=1.0)
+        if self.sigma_r is None:  # Gaussian NLL of the floored scale, the one that normalises u: where
+            # s << scale_floor (certain dry pixels) its gradient vanishes instead of pushing log s
+            # to its clamp with unit force on 80 % of pixels (that push dominated the mean network's
+            # gradient norm, ~6 vs ~2 for a lone U-Net, and clipping starved the mean's MSE term)
+            s_hat = self.residual_scale(log_s)
+            l_scale = ((torch.log(s_hat) + 0.5 * (r / s_hat) ** 2) * m).sum() / m.sum().clamp(min=1.0)
         u = r / self.residual_scale(log_s.detach())
         l_flow = self._fm_loss(nets["flow"], torch.cat([cond, mean.detach()], 1), u, m, generator)
         loss = l_mean + l_scale + self.flow_weight * l_flow

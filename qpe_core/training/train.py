@@ -45,6 +45,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = 1e-4
     ema_decay: float = 0.999
     grad_clip: float = 1.0
+    # clip each network's gradient on its own: with one joint norm the residual flow's scale and flow
+    # losses (joint norm ~6 vs ~2 for a lone U-Net, measured) shrank its mean network's steps 3x
+    clip_per_network: bool = True
     min_radar_coverage: float = 0.5
     val_fraction: float = 0.2
     val_block: str = "2D"  # contiguous time blocks assigned whole to train or validation
@@ -156,7 +159,7 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
             loss, logs = objective.loss(nets, cond, target, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+        gnorm = _clip(raw, cfg.grad_clip, cfg.clip_per_network)
         opt.step()
         _ema_update(ema, raw, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step, seen = step + 1, seen + cfg.batch_size * world
@@ -178,6 +181,13 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     if world > 1:
         torch.distributed.barrier()
     return card
+
+
+def _clip(nets: torch.nn.ModuleDict, max_norm: float, per_network: bool) -> float:
+    """Clip gradients to ``max_norm`` per network (or jointly); returns the largest norm before."""
+    if not per_network:
+        return float(torch.nn.utils.clip_grad_norm_(nets.parameters(), max_norm))
+    return max(float(torch.nn.utils.clip_grad_norm_(n.parameters(), max_norm)) for n in nets.values())
 
 
 @torch.no_grad()
