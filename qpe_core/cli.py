@@ -321,17 +321,21 @@ def evaluate(
 
 
 @app.command()
-def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,archive,ingest,models")]
+def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,archive,ingest,models,load")]
           = "simulator,archive,models",
           slots: Annotated[int, typer.Option(help="simulator slots")] = 1000,
           members: Annotated[int, typer.Option(help="ensemble members for the model timings")] = 16,
-          checkpoint: Annotated[Optional[str], typer.Option(help="residual-flow checkpoint: CRPS vs steps")] = None,
-          archive: Annotated[Optional[str], typer.Option(help="archive with radar for the CRPS study")] = None):
+          checkpoint: Annotated[Optional[str], typer.Option(
+              help="residual-flow checkpoint: CRPS vs steps (load: the nowcast's, default the demo one)")] = None,
+          archive: Annotated[Optional[str], typer.Option(help="archive with radar for the CRPS study")] = None,
+          days: Annotated[float, typer.Option(help="load: days of 15-minute slots to backfill")] = 7.0,
+          load_dir: Annotated[Optional[str], typer.Option(
+              help="load: keep the archive and products here (default: a temporary folder)")] = None):
     """Measure throughput and model cost; prints JSON on stdout."""
     from qpe_core.benchmarks import run_benchmarks
 
     print(json.dumps(run_benchmarks(what.split(","), n_slots=slots, members=members, checkpoint=checkpoint,
-                                    archive=archive), indent=2))
+                                    archive=archive, days=days, load_dir=load_dir), indent=2))
 
 
 @app.command()
