@@ -4,6 +4,12 @@ Sources, highest priority first: explicit keyword arguments, environment
 variables ``QPE_*`` (EUMETSAT keys also as ``EUMETSAT_CONSUMER_KEY`` /
 ``EUMETSAT_CONSUMER_SECRET``), an optional YAML file (``QPE_CONFIG`` or
 ``Settings.load(path)``), then the defaults below.  Unknown keys are errors.
+
+Secrets (the EUMETSAT consumer key and secret) come from the environment or from
+Prefect Secret blocks named by ``eumetsat_key_block`` / ``eumetsat_secret_block``
+(read by the Data Store source when it is built); they are ``SecretStr`` here and
+never printed.  S3 credentials are not settings: s3fs / botocore take them from the
+standard AWS chain (environment, profiles, instance or pod roles).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ DEFAULT_CHANNELS = ["WV_062", "WV_073", "IR_087", "IR_097", "IR_108", "IR_120", 
 SEVIRI_IR_CHANNELS = ["IR_039", "WV_062", "WV_073", "IR_087", "IR_097", "IR_108", "IR_120", "IR_134"]
 #: Temporal lags of the input stack, minutes relative to the valid time.
 DEFAULT_LAGS = [0, -15, -30, -45]
+#: Names of the secret settings (refused in config files: environment or Prefect Secret blocks only).
+SECRET_NAMES = ("eumetsat_consumer_key", "eumetsat_consumer_secret", "qpe_eumetsat_consumer_key",
+                "qpe_eumetsat_consumer_secret")
 
 
 class Settings(BaseSettings):
@@ -52,6 +61,14 @@ class Settings(BaseSettings):
     eumetsat_consumer_secret: SecretStr | None = Field(
         None, validation_alias=AliasChoices("QPE_EUMETSAT_CONSUMER_SECRET", "EUMETSAT_CONSUMER_SECRET",
                                             "eumetsat_consumer_secret"))
+    eumetsat_key_block: str | None = Field(
+        None, description="Prefect Secret block holding the EUMETSAT consumer key (read when the key "
+                          "is not in the environment)")
+    eumetsat_secret_block: str | None = Field(
+        None, description="Prefect Secret block holding the EUMETSAT consumer secret (read when the "
+                          "secret is not in the environment)")
+    eumetsat_api_url: str | None = Field(
+        None, description="EUMETSAT Data Store API root (default eumdac's https://api.eumetsat.int)")
 
     @field_validator("area")
     @classmethod
@@ -105,7 +122,13 @@ class Settings(BaseSettings):
         yaml_path = os.environ.get("QPE_CONFIG")
         sources = [init_settings, env_settings]
         if yaml_path:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+            source = YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path)
+            secrets = sorted(k for k in source.yaml_data or {} if str(k).lower() in SECRET_NAMES)
+            if secrets:  # a config file is copied, committed and shared: secrets stay out of it
+                raise SettingsError(f"{yaml_path}: {', '.join(secrets)} must not be in a config file; set "
+                                    "EUMETSAT_CONSUMER_KEY / EUMETSAT_CONSUMER_SECRET in the environment or "
+                                    "name Prefect Secret blocks (eumetsat_key_block / eumetsat_secret_block)")
+            sources.append(source)
         return tuple(sources)
 
     def resolved_archive_url(self) -> str:

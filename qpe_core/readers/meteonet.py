@@ -41,6 +41,7 @@ from pyresample.geometry import AreaDefinition, SwathDefinition
 from qpe_core.errors import InputFileError
 from qpe_core.readers.odim import dbz_to_rain
 from qpe_core.readers.regrid import get_regridder
+from qpe_core.readers.safe_npz import safe_npz
 from qpe_core.slots import radar_slot
 
 STEP_MINUTES = 5
@@ -94,7 +95,7 @@ def _to_rain(values: np.ndarray, kind: str, zr) -> np.ndarray:
 def _load(path: Path, match) -> tuple[np.ndarray, list[pd.Timestamp], str]:
     """``data`` (time, y, x) and the time of each map (see module docstring)."""
     try:
-        with np.load(path, allow_pickle=True) as z:
+        with safe_npz(path) as z:  # 'dates' are pickled datetimes: no other pickle code runs
             if "data" not in z.files:
                 raise InputFileError(f"{path}: MeteoNet npz has no 'data' array (found {', '.join(z.files)})")
             data = z["data"]

@@ -21,7 +21,8 @@ a timeout without activity; :func:`set_read_timeout`; :func:`retry_after_seconds
 simultaneous downloads (:func:`set_download_limit`, default 3: the Data Store
 suspends accounts above ~4 parallel connections) and :data:`REDACTOR` removes
 registered secrets (credentials, access tokens) from the ``eumdac``,
-``qpe_core.sources`` and ``urllib3.connectionpool`` log records.
+``qpe_core.sources``, ``urllib3.connectionpool`` and Prefect run-logger records
+(:data:`REDACTED_LOGGERS`).
 """
 
 from __future__ import annotations
@@ -185,16 +186,29 @@ class SecretRedactor(logging.Filter):
                 msg = record.getMessage()
             except Exception:  # a malformed record: leave it to the handler
                 return True
-            clean = msg
-            for secret in secrets:
-                clean = clean.replace(secret, "***")
+            clean = self.redact(msg, secrets)
             if clean != msg:
                 record.msg, record.args = clean, None
+            if record.exc_info and not record.exc_text:  # the traceback text, formatted once here
+                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info), secrets)
         return True
+
+    def redact(self, text: str, secrets: list[str] | None = None) -> str:
+        """``text`` with every registered secret replaced by ``***`` (longest first)."""
+        if secrets is None:
+            with self._lock:
+                secrets = list(self._secrets)
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
 
 
 REDACTOR = SecretRedactor()
-for _logger in ("eumdac", "qpe_core.sources", "urllib3.connectionpool"):
+#: Loggers whose records pass through :data:`REDACTOR`: the Data Store client and its HTTP
+#: layer, the sources, and Prefect's flow- and task-run loggers (what goes to the Prefect API).
+REDACTED_LOGGERS = ("eumdac", "qpe_core.sources", "urllib3.connectionpool", "prefect.flow_runs",
+                    "prefect.task_runs")
+for _logger in REDACTED_LOGGERS:
     logging.getLogger(_logger).addFilter(REDACTOR)
 
 

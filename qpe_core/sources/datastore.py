@@ -22,10 +22,12 @@ Downloads go through ``eumdac.product.Product.open``, wrapped with:
   times and honours ``Retry-After`` inside each attempt.
 
 Credentials come from :class:`qpe_core.config.Settings` (``SecretStr``, env
-``EUMETSAT_CONSUMER_KEY`` / ``EUMETSAT_CONSUMER_SECRET``); they and the access
-tokens are redacted from the logs (:data:`~qpe_core.sources.base.REDACTOR`) and
-never put in messages.  ``api_url`` (eumdac's ``[DEFAULT] api`` root) or
-``urls_ini`` (a complete eumdac ``endpoints.ini``) point eumdac at another server.
+``EUMETSAT_CONSUMER_KEY`` / ``EUMETSAT_CONSUMER_SECRET``) or, when absent there, from
+the Prefect Secret blocks named by ``eumetsat_key_block`` / ``eumetsat_secret_block``;
+they (also base64-encoded) and the access tokens are redacted from the logs
+(:data:`~qpe_core.sources.base.REDACTOR`) and never put in messages.  ``api_url``
+(eumdac's ``[DEFAULT] api`` root, default setting ``eumetsat_api_url``) or ``urls_ini``
+(a complete eumdac ``endpoints.ini``) point eumdac at another server.
 """
 
 from __future__ import annotations
@@ -168,13 +170,37 @@ def _secret(value) -> str | None:
     return value.get_secret_value() if isinstance(value, SecretStr) else (None if value is None else str(value))
 
 
+def block_secret(name: str) -> str:
+    """The value of the Prefect Secret block ``name`` (registered with the log redactor);
+    :class:`ConfigError` naming the block, never the value, when it cannot be read."""
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except Exception as exc:  # not found, no API, wrong block type
+        raise ConfigError(f"Prefect Secret block {name!r} cannot be read ({type(exc).__name__}): create it "
+                          "(prefect.blocks.system.Secret) or set the credential in the environment") from None
+    value = value if isinstance(value, str) else str(value)
+    REDACTOR.add(value)
+    return value
+
+
+def _redact_credentials(key: str, secret: str) -> None:
+    """Register the credentials and their encoded forms (HTTP Basic: base64 of key:secret)."""
+    import base64
+
+    encoded = [base64.b64encode(s.encode()).decode() for s in (key, secret, f"{key}:{secret}")]
+    REDACTOR.add(key, secret, *encoded, *(e.rstrip("=") for e in encoded))
+
+
 # ----------------------------------------------------------------------------- the source
 
 class DataStoreSource(GranuleSource):
     """SEVIRI granules from the EUMETSAT Data Store (see the module docstring).
 
     ``consumer_key``/``consumer_secret`` (str or SecretStr) default to ``settings``
-    (or :func:`load_settings`: the environment).  ``api_url``: API root (default
+    (or :func:`load_settings`: the environment), then to its Prefect Secret blocks.
+    ``api_url``: API root (default ``settings.eumetsat_api_url``, else
     ``https://api.eumetsat.int``); ``urls_ini``: an eumdac endpoints file.
     ``collections``: by preference.  ``slot_minutes``: slot grid (min, default
     ``settings.slot_minutes``).  ``cache``: path, ``s3://`` URL or :class:`GranuleCache`
@@ -194,10 +220,16 @@ class DataStoreSource(GranuleSource):
         cfg = settings if settings is not None else (load_settings() if need else None)
         key = _secret(consumer_key if consumer_key is not None else cfg.eumetsat_consumer_key)
         secret = _secret(consumer_secret if consumer_secret is not None else cfg.eumetsat_consumer_secret)
+        if not key and cfg is not None and cfg.eumetsat_key_block:
+            key = block_secret(cfg.eumetsat_key_block)
+        if not secret and cfg is not None and cfg.eumetsat_secret_block:
+            secret = block_secret(cfg.eumetsat_secret_block)
         if not key or not secret:
             raise ConfigError("EUMETSAT Data Store credentials missing: set EUMETSAT_CONSUMER_KEY and "
-                              "EUMETSAT_CONSUMER_SECRET (or QPE_EUMETSAT_CONSUMER_KEY / _SECRET)")
-        REDACTOR.add(key, secret)
+                              "EUMETSAT_CONSUMER_SECRET (or QPE_EUMETSAT_CONSUMER_KEY / _SECRET), or name "
+                              "Prefect Secret blocks (QPE_EUMETSAT_KEY_BLOCK / QPE_EUMETSAT_SECRET_BLOCK)")
+        _redact_credentials(key, secret)
+        api_url = api_url or (cfg.eumetsat_api_url if cfg is not None and urls_ini is None else None)
         if urls_ini is not None and not Path(urls_ini).is_file():
             raise ConfigError(f"eumdac endpoints file {urls_ini} does not exist")
         urls = URLs(str(urls_ini)) if urls_ini is not None else URLs()

@@ -77,15 +77,32 @@ def save_checkpoint(out: str | Path, card: dict, ema: torch.nn.ModuleDict, raw: 
     return out
 
 
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file.  Nothing else is accepted: a pickle (``torch.save``)
+    or any other file is refused with :class:`QpeError` before a byte of it is executed."""
+    path, head = Path(path), b""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'
+        if len(head) < 9 or head[8:9] != b"{":
+            raise ValueError("no safetensors header")
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError, ValueError, OSError
+        kind = "a pickle (torch.save) file" if head[:1] == b"\x80" or head[:2] == b"PK" else "not safetensors"
+        raise QpeError(f"{path}: refused: {kind} ({str(exc)[:120]}); checkpoints are loaded only from "
+                       "safetensors files, never with pickle") from None
+
+
 def load_resume_state(out: str | Path, raw: torch.nn.ModuleDict, ema: torch.nn.ModuleDict,
                       optimizer: torch.optim.Optimizer) -> int:
     """Restore raw and EMA weights and optimizer moments from ``out``; returns the step (0 if none)."""
     out = Path(out)
     if not (out / "state.safetensors").is_file() or not (out / "state.json").is_file():
         return 0
-    tensors = load_file(str(out / "state.safetensors"))
+    tensors = load_tensors(out / "state.safetensors")
     _unflat(raw, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    _unflat(ema, load_file(str(out / "weights.safetensors")))
+    _unflat(ema, load_tensors(out / "weights.safetensors"))
     meta = json.loads((out / "state.json").read_text())
     for g_idx, group in enumerate(optimizer.param_groups):
         group.update(meta["param_groups"][g_idx])
@@ -115,8 +132,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     weights = Path(path) / "weights.safetensors"
     if not weights.is_file():
         raise QpeError(f"{path}: weights.safetensors not found")
+    tensors = load_tensors(weights)
     try:
-        _unflat(nets, load_file(str(weights)))
+        _unflat(nets, tensors)
     except (RuntimeError, KeyError) as exc:
         raise QpeError(f"{weights}: weights do not match the card's backbone ({str(exc)[:200]})") from None
     nets.to(device).eval()
