@@ -124,11 +124,22 @@ def already_done(products_url: str, area: str, slot) -> bool:
         return False
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; other values unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_cycle(archive_url: str, products_url: str, checkpoint: str | Path, source: GranuleSource,
               slot=None, now=None, members: int = 16, steps: int | None = None, seed: int = 0,
-              max_age_minutes: int = 180, gaps: str = "mask", cache_dir: str | None = None) -> CycleResult:
+              max_age_minutes: int = 180, gaps: str = "mask", cache_dir: str | None = None,
+              device: str = "auto") -> CycleResult:
     """One full cycle for ``slot`` (default: the newest complete one); never raises for data
-    problems: the result says ``failed`` with the reason, and nothing half-written is visible."""
+    problems: the result says ``failed`` with the reason, and nothing half-written is visible.
+    ``device``: where the ensemble runs (``auto`` = the GPU when one is visible, else the CPU)."""
     from qpe_core.training.checkpoint import check_card, read_card
     from qpe_core.training.inference import predict
 
@@ -152,7 +163,7 @@ def run_cycle(archive_url: str, products_url: str, checkpoint: str | Path, sourc
                                                                input_errors)
         res.seconds["inputs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ens = predict(archive, slot, checkpoint, members, steps, seed, gaps=gaps)
+        ens = predict(archive, slot, checkpoint, members, steps, seed, gaps=gaps, device=resolve_device(device))
         res.seconds["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         res.products = publish_products(ens, products_url, archive.area)

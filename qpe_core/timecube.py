@@ -94,6 +94,20 @@ class SlotWrite:
     coverage: float
 
 
+@contextlib.contextmanager
+def _path_lock(url: str | None):
+    """File lock ``<cube>.lock`` beside a local cube (timeout 120 s); no-op for object stores."""
+    if url is None or "://" in url:
+        yield
+        return
+    from filelock import FileLock
+
+    root = Path(url)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root.with_name(root.name + ".lock")), timeout=120):
+        yield
+
+
 class TimeCube:
     """Base of the cubes: opening, the slot time axis, locking, markers.  Subclasses set
     ``KIND`` (for messages), ``VERSION_ATTR`` and ``TIME_VARS`` (arrays on the time axis)."""
@@ -125,12 +139,18 @@ class TimeCube:
 
     @classmethod
     def _open_or_create(cls, url: str, storage_options: dict | None, create):
+        """Open, or create under the cube's file lock (local stores): zarr's ``mode='w-'`` does not
+        make creation exclusive, and parallel first writers of a backfill collided in it. On object
+        stores, create the cube before starting parallel writers (flows do)."""
         try:
             return cls.open(url, "a", storage_options)
         except ArchiveError:
-            with contextlib.suppress(ArchiveError):
+            pass
+        with _path_lock(url):
+            try:
+                return cls.open(url, "a", storage_options)
+            except ArchiveError:
                 return create()
-            return cls.open(url, "a", storage_options)  # another process created it meanwhile
 
     # ------------------------------------------------------------------ time axis
     def __len__(self) -> int:
@@ -200,13 +220,7 @@ class TimeCube:
     @contextlib.contextmanager
     def _lock(self):
         store = self.group.store
-        if isinstance(store, zarr.storage.LocalStore):
-            from filelock import FileLock
-
-            root = Path(store.root)
-            with FileLock(str(root.with_name(root.name + ".lock")), timeout=120):
-                yield
-        else:
+        with _path_lock(str(store.root) if isinstance(store, zarr.storage.LocalStore) else None):
             yield
 
     def marker_series(self, marker: str) -> pd.Series:

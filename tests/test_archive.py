@@ -172,3 +172,20 @@ def test_open_errors(tmp_path):
     with pytest.raises(ArchiveError, match="negative rain"):
         arc.write_radar(radar_slot(-np.ones((384, 384)), "2024-06-01T12:00", AREA))
     assert len(arc.times("rain")) == 0
+
+
+def _open_or_create_worker(url: str) -> str:
+    arc = Archive.open_or_create(url, "france-3km", ["IR_108"], 15, origin="2024-06-01T00:00Z")
+    return f"{arc.area} {arc.channels}"
+
+
+def test_concurrent_open_or_create_all_succeed(tmp_path):
+    """Several processes creating the same new archive at once (a backfill's first slots): the
+    losers wait for the winner's attributes instead of failing with 'not a qpe archive'."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    url = str(tmp_path / "race.zarr")
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_open_or_create_worker, [url] * 8))
+    assert results == ["france-3km ['IR_108']"] * 8
