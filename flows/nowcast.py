@@ -43,7 +43,7 @@ def cycle_task(archive_url: str, products_url: str, checkpoint: str, source_kind
     cfg = load_settings()
     src = _source(source_kind, cfg, seed, source_dir)
     return run_cycle(archive_url, products_url, checkpoint, src, slot=slot, members=members, seed=seed,
-                     max_age_minutes=max_age_minutes, cache_dir=cache_dir)
+                     max_age_minutes=max_age_minutes, cache_dir=cache_dir, device=cfg.device)
 
 
 def _publish(results: list[CycleResult], key: str) -> None:

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     products_url: str = Field("data/products", description="where products are written (path or s3://)")
     cache_dir: str = Field("data/cache", description="granule cache and resampling look-up tables")
     min_radar_coverage: float = Field(0.5, ge=0.0, le=1.0, description="fraction of grid covered by radar")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="where ensembles run: auto (GPU when visible), cpu, cuda, cuda:N")
     eumetsat_consumer_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("QPE_EUMETSAT_CONSUMER_KEY", "EUMETSAT_CONSUMER_KEY",
                                             "eumetsat_consumer_key"))

@@ -72,3 +72,15 @@ def test_yaml_errors_name_the_file(tmp_path):
         load_settings(cfg)
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_device_setting(monkeypatch):
+    from qpe_core.config import load_settings
+    from qpe_core.nowcast import resolve_device
+
+    assert load_settings().device == "auto" and resolve_device("auto") in ("cpu", "cuda")
+    monkeypatch.setenv("QPE_DEVICE", "cuda:1")
+    assert load_settings().device == "cuda:1"
+    monkeypatch.setenv("QPE_DEVICE", "tpu")
+    with pytest.raises(ConfigError, match="device"):
+        load_settings()
