@@ -12,7 +12,6 @@ package and the same archive / product storage, e.g. S3).
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
@@ -46,11 +45,22 @@ def cycle_task(archive_url: str, products_url: str, checkpoint: str, source_kind
                      max_age_minutes=max_age_minutes, cache_dir=cache_dir, device=cfg.device)
 
 
+def _read_bytes(url: str) -> bytes | None:
+    """Bytes of a local or s3:// product (None if it cannot be read: the table still publishes)."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _publish(results: list[CycleResult], key: str) -> None:
     create_table_artifact([r.row() for r in results], key=key, description="QPE cycles")
     done = [r for r in results if r.status == "done" and "quicklook" in r.products]
-    if done and Path(done[-1].products["quicklook"]).is_file():
-        png = Path(done[-1].products["quicklook"]).read_bytes()
+    png = _read_bytes(done[-1].products["quicklook"]) if done else None
+    if png:
         create_markdown_artifact(
             f"### {done[-1].slot}: ensemble mean and P(R > 1 mm/h)\n\n"
             f"![quick-look](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
