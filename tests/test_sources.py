@@ -323,10 +323,11 @@ def test_path_traversal_names_stay_in_the_cache(server, make_src, cache_dir, gra
     evil = "..\\..\\..\\evil-granule"
     server.add(product(ZERO_DEG, SLOT, granule_zip, evil, filename="../../../evil-granule.zip"))
     server.products.pop((ZERO_DEG, PID))
+    before = set(tmp_path.parent.rglob("*evil*"))  # other tests' own "evil" files are not ours
     (path,) = make_src().fetch(SLOT)
     assert path.name == "evil-granule.zip" and path.resolve().is_relative_to(cache_dir.resolve())
-    outside = [p for p in tmp_path.parent.rglob("*evil*") if not p.resolve().is_relative_to(cache_dir.resolve())]
-    assert outside == []
+    new = set(tmp_path.parent.rglob("*evil*")) - before
+    assert new and [p for p in new if not p.resolve().is_relative_to(cache_dir.resolve())] == []
     cache = GranuleCache(cache_dir)
     assert cache.local_path("../../x", SLOT, "../y").resolve().is_relative_to(cache_dir.resolve())
 
