@@ -108,13 +108,15 @@ def dask_task_runner(dask_workers: int = 2, dask_address: str | None = None, pro
 def backfill(start: str, end: str, checkpoint: str = "data/checkpoints/demo", source: str = "simulated",
              members: int = 16, seed: int = 0, archive_url: str | None = None,
              products_url: str | None = None, runner: Literal["threads", "dask"] = "threads",
-             dask_workers: int = 2, dask_address: str | None = None, dask_processes: bool = True) -> dict:
+             dask_workers: int = 2, dask_address: str | None = None, dask_processes: bool = True,
+             source_dir: str | None = None) -> dict:
     """Every slot from ``start`` to ``end`` (UTC): idempotent and resumable (done slots are
     skipped), bounded concurrency, a progress artifact and a final table.
 
     ``runner="threads"`` (default): two slots at a time on the worker's host.  ``runner="dask"``:
     slots on a Dask cluster (``dask_address``, or a temporary local one of ``dask_workers``
-    workers); same results, one task run per slot in the UI either way."""
+    workers); same results, one task run per slot in the UI either way. ``source_dir``: the
+    directory replayed by ``source="local"``."""
     cfg = load_settings(archive_url=archive_url, products_url=products_url)
     n = int((to_utc(end) - to_utc(start)).total_seconds() // (60 * cfg.slot_minutes)) + 1
     slots = [iso(t) for t in slot_range(start, n, cfg.slot_minutes)]
@@ -122,7 +124,7 @@ def backfill(start: str, end: str, checkpoint: str = "data/checkpoints/demo", so
     progress = create_progress_artifact(0.0, description=f"backfill {slots[0]} .. {slots[-1]}")
     args = [dict(archive_url=cfg.resolved_archive_url(), products_url=cfg.products_url, checkpoint=checkpoint,
                  source_kind=source, slot=s, members=members, seed=seed, max_age_minutes=10**9,
-                 cache_dir=cfg.cache_dir) for s in slots]
+                 cache_dir=cfg.cache_dir, source_dir=source_dir) for s in slots]
     if runner == "dask":
         get_run_logger().info("backfill of %d slots on Dask (%s)", len(slots),
                               dask_address or f"local cluster, {dask_workers} workers")

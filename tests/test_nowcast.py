@@ -77,3 +77,35 @@ def test_nowcast_and_backfill_flows(prefect_server, tmp_path, checkpoint, monkey
     summary = backfill(start="2024-06-01T00:45Z", end="2024-06-01T01:00Z", **kw)
     assert summary == {"slots": 2, "done": 1, "skipped": 1, "failed": 0, "stale": 0}
     assert "backfill" in str(prefect_artifacts("backfill")[0].key)
+
+
+HRIT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "seviri" / "hrit-20100119"
+HRIT_CH = ["IR_039", "IR_108", "IR_134"]
+
+
+def test_backfill_on_local_replay_names_the_bad_slot(prefect_server, tmp_path, monkeypatch):
+    """Backfill over real HRIT granules replayed from disk: 12:00 has its granule and completes,
+    11:45 has none and fails; the run goes on and its table names the failed slot and why."""
+    if not HRIT_DIR.is_dir():
+        pytest.skip(f"real HRIT sample not found at {HRIT_DIR} (clone next to shared/)")
+    from flows.nowcast import backfill
+
+    arc = Archive.create(str(tmp_path / "train.zarr"), "france-3km", HRIT_CH)
+    src = make_source("simulated", area="france-3km", seed=3, channels=HRIT_CH)
+    for t in pd.date_range("2024-06-01T00:00", periods=2, freq="15min"):
+        sev, radar = src.simulate_slot(t)
+        arc.write_seviri(sev)
+        arc.write_radar(radar)
+    ck = tmp_path / "unet"
+    train(TrainConfig(archive=arc.url, kind="unet", out=str(ck), max_steps=1, patch=32, batch_size=1, lags=[0],
+                      val_fraction=0.0, backbone={"base_channels": 8, "channel_mults": [1, 2], "emb_dim": 16}))
+    monkeypatch.setenv("QPE_CHANNELS", ",".join(HRIT_CH))
+    summary = backfill(start="2010-01-19T11:45Z", end="2010-01-19T12:00Z", checkpoint=str(ck), source="local",
+                       source_dir=str(HRIT_DIR), members=1, archive_url=str(tmp_path / "a.zarr"),
+                       products_url=str(tmp_path / "prod"))
+    assert summary == {"slots": 2, "done": 1, "skipped": 0, "failed": 1, "stale": 0}
+    rows = prefect_artifacts("backfill")[0].data
+    rows = rows if isinstance(rows, list) else __import__("json").loads(rows)
+    bad = [r for r in rows if r["status"] == "failed"]
+    assert len(bad) == 1 and bad[0]["slot"].startswith("2010-01-19T11:45") and bad[0]["reason"]
+    assert ProductCube.open(str(tmp_path / "prod" / "france-3km.zarr")).has_slot("2010-01-19T12:00Z")
