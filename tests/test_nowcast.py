@@ -109,3 +109,28 @@ def test_backfill_on_local_replay_names_the_bad_slot(prefect_server, tmp_path, m
     bad = [r for r in rows if r["status"] == "failed"]
     assert len(bad) == 1 and bad[0]["slot"].startswith("2010-01-19T11:45") and bad[0]["reason"]
     assert ProductCube.open(str(tmp_path / "prod" / "france-3km.zarr")).has_slot("2010-01-19T12:00Z")
+
+
+def test_duplicate_concurrent_runs_of_one_slot_give_one_output(tmp_path, source, checkpoint):
+    """Two cycles for the same slot at once (a retried run overlapping the original): both end
+    well, the slot is in the cube once, and every product is complete and the same bytes as a
+    single undisturbed run's (same seed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def cycle(root):
+        return run_cycle(archive_url=str(root / "a.zarr"), products_url=str(root / "prod"), checkpoint=checkpoint,
+                         source=source, members=2, seed=4, slot=SLOT, now="2024-06-01T01:30Z")
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(cycle, [tmp_path / "dup"] * 2))
+    assert sorted(r.status for r in results) in (["done", "done"], ["done", "skipped"]), [r.reason for r in results]
+    single = cycle(tmp_path / "single")
+    assert single.status == "done"
+    done = next(r for r in results if r.status == "done")
+    for key, path in single.products.items():
+        if key in ("cube", "quicklook"):
+            continue
+        assert cog_validate(done.products[key])[0]
+        assert Path(done.products[key]).read_bytes() == Path(path).read_bytes(), key
+    cube = ProductCube.open(done.products["cube"])
+    assert cube.has_slot(SLOT) and list(cube.times()) == [pd.Timestamp(SLOT)]
