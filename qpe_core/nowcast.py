@@ -73,7 +73,9 @@ def ensure_inputs(archive: Archive, source: GranuleSource, slot, lags, cache_dir
     for t in lag_times(slot, lags, archive.slot_minutes):
         if not archive.has_slot(t, "bt"):
             try:
-                _bring(archive, source, t, cache_dir)
+                with archive.slot_lock(t):  # another cycle may be bringing the same slot
+                    if not archive.has_slot(t, "bt"):
+                        _bring(archive, source, t, cache_dir)
             except QpeError as exc:
                 if errors is not None:
                     errors[iso(t)] = str(exc)

@@ -218,6 +218,24 @@ class TimeCube:
                                "complete by this write, re-run it") from exc
 
     @contextlib.contextmanager
+    def slot_lock(self, time):
+        """Exclusive right to write slot ``time`` (local stores; no-op on object stores): concurrent
+        cycles share lag slots, and rewriting a complete slot clears its marker for a moment, which
+        failed a neighbour reading it (seen with two backfill workers)."""
+        store = self.group.store
+        if not isinstance(store, zarr.storage.LocalStore):
+            yield
+            return
+        from filelock import FileLock
+
+        root = Path(store.root)
+        locks = root.with_name(root.name + ".locks")
+        locks.mkdir(exist_ok=True)
+        stamp = check_on_grid(time, self.slot_minutes, "slot").strftime("%Y%m%dT%H%M")
+        with FileLock(str(locks / f"{stamp}.lock"), timeout=600):
+            yield
+
+    @contextlib.contextmanager
     def _lock(self):
         store = self.group.store
         with _path_lock(str(store.root) if isinstance(store, zarr.storage.LocalStore) else None):
