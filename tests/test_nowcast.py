@@ -135,3 +135,35 @@ def test_duplicate_concurrent_runs_of_one_slot_give_one_output(tmp_path, source,
         assert Path(done.products[key]).read_bytes() == Path(path).read_bytes(), key
     cube = ProductCube.open(done.products["cube"])
     assert cube.has_slot(SLOT) and list(cube.times()) == [pd.Timestamp(SLOT)]
+
+
+def test_concurrent_cycles_bring_a_shared_lag_slot_once(tmp_path):
+    """Slots 01:00 and 01:15 share the lag slot 01:00: brought at the same time by two threads, each
+    slot is simulated and written exactly once (per-slot lock), so no writer clears a slot's
+    marker under the other cycle."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qpe_core.nowcast import ensure_inputs
+    from qpe_core.sources.simulated import SimulatedSource
+
+    class SlowCountingSource(SimulatedSource):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.calls, self._mutex = [], threading.Lock()
+
+        def simulate_slot(self, slot):
+            with self._mutex:
+                self.calls.append(pd.Timestamp(slot))
+            time.sleep(0.3)  # widen the window between "missing" and "written"
+            return super().simulate_slot(slot)
+
+    src = SlowCountingSource("france-3km", seed=5, channels=CH)
+    arc = Archive.create(str(tmp_path / "a.zarr"), "france-3km", CH, origin="2024-06-01T00:00Z")
+    arc.ensure_range(pd.Timestamp("2024-06-01T00:00Z"), pd.Timestamp("2024-06-01T02:00Z"))
+    with ThreadPoolExecutor(2) as pool:
+        out = list(pool.map(lambda s: ensure_inputs(arc, src, s, [0, -15]),
+                            ["2024-06-01T01:00Z", "2024-06-01T01:15Z"]))
+    assert [o[1] for o in out] == [[], []]  # nothing missing for either cycle
+    assert sorted(t.strftime("%H:%M") for t in src.calls) == ["00:45", "01:00", "01:15"]  # 01:00 once
