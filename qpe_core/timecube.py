@@ -95,17 +95,23 @@ class SlotWrite:
 
 
 @contextlib.contextmanager
-def _path_lock(url: str | None):
-    """File lock ``<cube>.lock`` beside a local cube (timeout 120 s); no-op for object stores."""
-    if url is None or "://" in url:
+def _file_lock(lock_file: Path | None, timeout: float = 120):
+    """Inter-process lock on ``lock_file`` (its folder is created); ``None`` = no lock (object stores)."""
+    if lock_file is None:
         yield
         return
     from filelock import FileLock
 
-    root = Path(url)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root.with_name(root.name + ".lock")), timeout=120):
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_file), timeout=timeout):
         yield
+
+
+def _path_lock(url: str | None):
+    """File lock ``<cube>.lock`` beside a local cube (timeout 120 s); no-op for object stores."""
+    if url is None or "://" in url:
+        return _file_lock(None)
+    return _file_lock(Path(url).with_name(Path(url).name + ".lock"))
 
 
 class TimeCube:
@@ -223,16 +229,12 @@ class TimeCube:
         cycles share lag slots, and rewriting a complete slot clears its marker for a moment, which
         failed a neighbour reading it (seen with two backfill workers)."""
         store = self.group.store
-        if not isinstance(store, zarr.storage.LocalStore):
-            yield
-            return
-        from filelock import FileLock
-
-        root = Path(store.root)
-        locks = root.with_name(root.name + ".locks")
-        locks.mkdir(exist_ok=True)
         stamp = check_on_grid(time, self.slot_minutes, "slot").strftime("%Y%m%dT%H%M")
-        with FileLock(str(locks / f"{stamp}.lock"), timeout=600):
+        lock = None
+        if isinstance(store, zarr.storage.LocalStore):
+            root = Path(store.root)
+            lock = root.with_name(root.name + ".locks") / f"{stamp}.lock"
+        with _file_lock(lock, timeout=600):
             yield
 
     @contextlib.contextmanager
