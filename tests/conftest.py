@@ -32,6 +32,28 @@ def random_bt(seed: int, channels: int = 3, shape=(384, 384)) -> np.ndarray:
     return rng.normal(260.0, 15.0, (channels, *shape)).astype("float32")
 
 
+def tiny_checkpoint(root: Path, channels: list[str], kind: str = "residual-flow", lags=(0, -15),
+                    slots: int = 3, seed: int = 5) -> str:
+    """A real checkpoint (tiny backbone, 1 training step) on ``slots`` simulated france-3km slots
+    from 2024-06-01 00:00 written under ``root``; returns its folder."""
+    import pandas as pd
+
+    from qpe_core.archive import Archive
+    from qpe_core.sources import make_source
+    from qpe_core.training.train import TrainConfig, train
+
+    src = make_source("simulated", area="france-3km", seed=seed, channels=channels)
+    arc = Archive.create(str(root / "train.zarr"), "france-3km", channels)
+    for t in pd.date_range("2024-06-01T00:00", periods=slots, freq="15min"):
+        sev, radar = src.simulate_slot(t)
+        arc.write_seviri(sev)
+        arc.write_radar(radar)
+    out = root / kind
+    train(TrainConfig(archive=arc.url, kind=kind, out=str(out), max_steps=1, patch=32, batch_size=1, lags=list(lags),
+                      val_fraction=0.0, backbone={"base_channels": 8, "channel_mults": [1, 2], "emb_dim": 16}))
+    return str(out)
+
+
 def run_qpe(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real ``qpe`` console entry point in a subprocess."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import prefect_artifacts
+from conftest import tiny_checkpoint as make_tiny_checkpoint  # the fixture below keeps its name
 
 CH = ["WV_062", "IR_108", "IR_120"]
 START, END = "2024-06-01T00:45Z", "2024-06-01T01:15Z"  # 3 slots
@@ -22,21 +23,7 @@ START, END = "2024-06-01T00:45Z", "2024-06-01T01:15Z"  # 3 slots
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from qpe_core.archive import Archive
-    from qpe_core.sources import make_source
-    from qpe_core.training.train import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("ck")
-    src = make_source("simulated", area="france-3km", seed=5, channels=CH)
-    arc = Archive.create(str(root / "train.zarr"), "france-3km", CH)
-    for t in pd.date_range("2024-06-01T00:00", periods=3, freq="15min"):
-        sev, radar = src.simulate_slot(t)
-        arc.write_seviri(sev)
-        arc.write_radar(radar)
-    train(TrainConfig(archive=arc.url, kind="residual-flow", out=str(root / "rf"), max_steps=1, patch=32,
-                      batch_size=1, lags=[0, -15], val_fraction=0.0, backbone={"base_channels": 8,
-                      "channel_mults": [1, 2], "emb_dim": 16}))
-    return str(root / "rf")
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ck"), CH, seed=5, slots=3)
 
 
 def _slots(start: str, end: str) -> list[pd.Timestamp]:

@@ -9,13 +9,12 @@ import pandas as pd
 import pytest
 from rio_cogeo.cogeo import cog_validate
 
-from conftest import prefect_artifacts
+from conftest import prefect_artifacts, tiny_checkpoint
 from qpe_core.archive import Archive
 from qpe_core.nowcast import check_fresh, newest_slot, run_cycle
 from qpe_core.products.cube import ProductCube
 from qpe_core.sources import make_source
 from qpe_core.errors import QpeError
-from qpe_core.training.train import TrainConfig, train
 
 CH = ["WV_062", "IR_108", "IR_120"]
 SLOT = "2024-06-01T01:00"
@@ -27,17 +26,8 @@ def source():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, source):
-    root = tmp_path_factory.mktemp("ck")
-    arc = Archive.create(str(root / "train.zarr"), "france-3km", CH)
-    for t in pd.date_range("2024-06-01T00:00", periods=6, freq="15min"):
-        sev, radar = source.simulate_slot(t)
-        arc.write_seviri(sev)
-        arc.write_radar(radar)
-    train(TrainConfig(archive=arc.url, kind="residual-flow", out=str(root / "rf"), max_steps=1, patch=32,
-                      batch_size=1, lags=[0, -15], val_fraction=0.0, backbone={"base_channels": 8,
-                      "channel_mults": [1, 2], "emb_dim": 16}))
-    return str(root / "rf")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ck"), CH, seed=2, slots=6)
 
 
 def test_newest_slot_and_freshness():
@@ -91,17 +81,9 @@ def test_backfill_on_local_replay_names_the_bad_slot(prefect_server, tmp_path, m
         pytest.skip(f"real HRIT sample not found at {HRIT_DIR} (clone next to shared/)")
     from flows.nowcast import backfill
 
-    arc = Archive.create(str(tmp_path / "train.zarr"), "france-3km", HRIT_CH)
-    src = make_source("simulated", area="france-3km", seed=3, channels=HRIT_CH)
-    for t in pd.date_range("2024-06-01T00:00", periods=2, freq="15min"):
-        sev, radar = src.simulate_slot(t)
-        arc.write_seviri(sev)
-        arc.write_radar(radar)
-    ck = tmp_path / "unet"
-    train(TrainConfig(archive=arc.url, kind="unet", out=str(ck), max_steps=1, patch=32, batch_size=1, lags=[0],
-                      val_fraction=0.0, backbone={"base_channels": 8, "channel_mults": [1, 2], "emb_dim": 16}))
+    ck = tiny_checkpoint(tmp_path, HRIT_CH, kind="unet", lags=[0], slots=2, seed=3)
     monkeypatch.setenv("QPE_CHANNELS", ",".join(HRIT_CH))
-    summary = backfill(start="2010-01-19T11:45Z", end="2010-01-19T12:00Z", checkpoint=str(ck), source="local",
+    summary = backfill(start="2010-01-19T11:45Z", end="2010-01-19T12:00Z", checkpoint=ck, source="local",
                        source_dir=str(HRIT_DIR), members=1, archive_url=str(tmp_path / "a.zarr"),
                        products_url=str(tmp_path / "prod"))
     assert summary == {"slots": 2, "done": 1, "skipped": 0, "failed": 1, "stale": 0}
