@@ -38,7 +38,9 @@ import time
 import uuid
 import zipfile
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from local_http import BackgroundHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SEARCH_PARAMS = ["pi", "format", "si", "c", "id", "pw", "dtstart", "dtend", "publication", "sort", "set",
@@ -120,7 +122,7 @@ def _parse_time(s: str) -> dt.datetime:
     return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
-class DataStoreServer:
+class DataStoreServer(BackgroundHTTPServer):
     """The fake Data Store.  Use as a context manager; :attr:`url` is the API root."""
 
     def __init__(self, key: str, secret: str, token_validity_s: int = 3600):
@@ -134,7 +136,6 @@ class DataStoreServer:
         self._queued: dict[str, list[Fault]] = {}
         self._always: dict[str, Fault] = {}
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
     # -- control
     def add(self, product: FakeProduct) -> FakeProduct:
@@ -170,23 +171,9 @@ class DataStoreServer:
 
     # -- life cycle
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
-    def __enter__(self) -> DataStoreServer:
-        server = self
-
-        class Handler(_Handler):
-            ds = server
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     # -- documents
     def feature(self, p: FakeProduct) -> dict:
@@ -227,7 +214,7 @@ class DataStoreServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    ds: DataStoreServer
+    owner: DataStoreServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args) -> None:  # quiet
@@ -262,8 +249,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorised(self) -> bool:
         auth = self.headers.get("Authorization", "")
-        with self.ds._lock:
-            expiry = self.ds.tokens.get(auth.removeprefix("Bearer "))
+        with self.owner._lock:
+            expiry = self.owner.tokens.get(auth.removeprefix("Bearer "))
         return auth.startswith("Bearer ") and expiry is not None and expiry > time.time()
 
     # -- entry points
@@ -279,12 +266,12 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint, parts = self._route()
         self.rec = Record(time.monotonic(), method, endpoint, self.url.path, range=self.headers.get("Range"),
                           params=dict(self.query))
-        with self.ds._lock:
-            self.ds.log.append(self.rec)
+        with self.owner._lock:
+            self.owner.log.append(self.rec)
         length = int(self.headers.get("Content-Length") or 0)
         form = parse_qs(self.rfile.read(length).decode()) if length else {}
         try:
-            fault = self.ds._next_fault(endpoint)
+            fault = self.owner._next_fault(endpoint)
             if fault and fault.stall_s and fault.where == "headers":
                 time.sleep(fault.stall_s)
             if fault and fault.status:
@@ -301,30 +288,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _token(self, form: dict):
-        if self.headers.get("Authorization") != self.ds._basic or form.get("grant_type") != ["client_credentials"]:
+        if self.headers.get("Authorization") != self.owner._basic or form.get("grant_type") != ["client_credentials"]:
             return self._json(401, {"error": "invalid_client", "error_description": "wrong credentials"})
         token = uuid.uuid4().hex
-        with self.ds._lock:
-            self.ds.tokens[token] = time.time() + self.ds.token_validity_s
-            self.ds.tokens_issued.append(token)
+        with self.owner._lock:
+            self.owner.tokens[token] = time.time() + self.owner.token_validity_s
+            self.owner.tokens_issued.append(token)
         return self._json(200, {"access_token": token, "scope": "am_application_scope default",
-                                "token_type": "Bearer", "expires_in": self.ds.token_validity_s})
+                                "token_type": "Bearer", "expires_in": self.owner.token_validity_s})
 
     def _dispatch(self, endpoint: str, parts: list[str], fault: Fault | None):
         if endpoint == "osdd":
-            return self._send(200, self.ds.osdd().encode(), "application/opensearchdescription+xml")
+            return self._send(200, self.owner.osdd().encode(), "application/opensearchdescription+xml")
         if endpoint == "search":
-            return self._json(200, self.ds.search(self.query))
+            return self._json(200, self.owner.search(self.query))
         coll = parts[4] if len(parts) > 4 else None
         pid = parts[6] if len(parts) > 6 and parts[5] == "products" else None
-        product = self.ds.products.get((coll, pid))
+        product = self.owner.products.get((coll, pid))
         if endpoint == "browse" and pid is None and coll:
             props = {"title": coll, "abstract": "test collection", "links": []}
             return self._json(200, {"collection": {"geometry": None, "properties": props}})
         if product is None:
             return self._json(404, {"title": "Not found", "description": f"no product {pid} in {coll}"})
         if endpoint == "browse":
-            feature = self.ds.feature(product)
+            feature = self.owner.feature(product)
             return self._json(200, {"properties": feature["properties"], "geometry": None})
         if endpoint == "metadata":
             props = {"identifier": pid, "productInformation": {"size": product.size_kb, "timeliness": "NT"}}
@@ -332,9 +319,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self._download(product, fault)
 
     def _download(self, product: FakeProduct, fault: Fault | None):
-        with self.ds._lock:
-            self.ds.active_downloads += 1
-            self.ds.max_active_downloads = max(self.ds.max_active_downloads, self.ds.active_downloads)
+        with self.owner._lock:
+            self.owner.active_downloads += 1
+            self.owner.max_active_downloads = max(self.owner.max_active_downloads, self.owner.active_downloads)
         self._counted = True
         try:
             self._stream(product, fault)
@@ -346,8 +333,8 @@ class _Handler(BaseHTTPRequestHandler):
         so a client can never see a download end that is still counted."""
         if self._counted:
             self._counted = False
-            with self.ds._lock:
-                self.ds.active_downloads -= 1
+            with self.owner._lock:
+                self.owner.active_downloads -= 1
 
     def _stream(self, product: FakeProduct, fault: Fault | None):
         data, size = product.data, len(product.data)

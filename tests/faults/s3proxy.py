@@ -19,7 +19,9 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from local_http import BackgroundHTTPServer
 from urllib.parse import urlsplit
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
@@ -42,7 +44,7 @@ class S3Fault:
         return self.hits < self.times and self.method in ("*", method) and re.search(self.path, path) is not None
 
 
-class S3Proxy:
+class S3Proxy(BackgroundHTTPServer):
     """The fault-injecting proxy; a context manager whose :attr:`url` replaces moto's endpoint."""
 
     def __init__(self, upstream: str):
@@ -51,7 +53,6 @@ class S3Proxy:
         self.faults: list[S3Fault] = []
         self.log: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
     def inject(self, *faults: S3Fault) -> None:
         with self._lock:
@@ -75,23 +76,9 @@ class S3Proxy:
         return None
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
-    def __enter__(self) -> S3Proxy:
-        proxy = self
-
-        class Handler(_Handler):
-            owner = proxy
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
