@@ -70,9 +70,14 @@ def _dist() -> tuple[int, int]:
     return (torch.distributed.get_rank() if world > 1 else 0), world
 
 
+def _spread(times: pd.DatetimeIndex, n: int) -> pd.DatetimeIndex:
+    """Up to ``n`` times evenly spread over ``times`` (the statistics samples)."""
+    return times[np.linspace(0, len(times) - 1, min(n, len(times))).astype(int)]
+
+
 def _fit_normalizer(sampler: PatchSampler, times: pd.DatetimeIndex, n: int = 24) -> BTNormalizer:
     """Per-channel mean/std (K) from up to ``n`` current slots of the training period."""
-    pick = times[np.linspace(0, len(times) - 1, min(n, len(times))).astype(int)]
+    pick = _spread(times, n)
     arc, sel = sampler.archive, [sampler.archive.channels.index(c) for c in sampler.channels]
     bt = np.stack([arc.group["bt"][arc.index_of(t)][sel][:, ::4, ::4] for t in pick])
     return BTNormalizer.fit(torch.from_numpy(bt))
@@ -80,7 +85,7 @@ def _fit_normalizer(sampler: PatchSampler, times: pd.DatetimeIndex, n: int = 24)
 
 def _fit_target_stats(sampler: PatchSampler, times: pd.DatetimeIndex, n: int = 24) -> tuple[float, float]:
     """Mean and std of the transformed radar rain over up to ``n`` slots of the training period."""
-    pick = times[np.linspace(0, len(times) - 1, min(n, len(times))).astype(int)]
+    pick = _spread(times, n)
     arc = sampler.archive
     rain = torch.from_numpy(np.stack([arc.group["rain"][arc.index_of(t)][::2, ::2] for t in pick]))
     y = sampler.transform.forward(rain)
