@@ -47,18 +47,24 @@ def bench(out: str) -> None:
             json.dump(res, f, indent=1)
 
 
+def _cases(arc, lags, start: str, end: str, cases: str):
+    """Up to ``cases`` valid times spread over [start, end] and the arrays dict with their radar truth."""
+    from qpe_core.training.dataset import valid_times
+
+    times = valid_times(arc, lags, 0.5, start, end)
+    times = times[np.linspace(0, len(times) - 1, min(int(cases), len(times))).astype(int)]
+    return times, {"times": np.array([str(t) for t in times]),
+                   "truth": np.stack([arc.read_rain(t) for t in times]).astype("float16")}
+
+
 def ensembles(out: str, archive: str, start: str, end: str, cases: str, members: str, *ckpts: str) -> None:
     from qpe_core.archive import Archive
     from qpe_core.stack import temporal_stack
     from qpe_core.training.checkpoint import load_checkpoint
-    from qpe_core.training.dataset import valid_times
     from qpe_core.training.inference import ensemble
 
     arc = Archive.open(archive)
-    times = valid_times(arc, [0, -15, -30, -45], 0.5, start, end)  # the same cases for every model
-    times = times[np.linspace(0, len(times) - 1, min(int(cases), len(times))).astype(int)]
-    arrays = {"times": np.array([str(t) for t in times]),
-              "truth": np.stack([arc.read_rain(t) for t in times]).astype("float16")}
+    times, arrays = _cases(arc, [0, -15, -30, -45], start, end, cases)  # the same cases for every model
     for ck in ckpts:
         model = load_checkpoint(ck, device=DEVICE)
         n = 1 if model.card["kind"] == "unet" else int(members)
@@ -79,14 +85,10 @@ def steps(out: str, archive: str, start: str, end: str, cases: str, members: str
     from qpe_core.archive import Archive
     from qpe_core.stack import temporal_stack
     from qpe_core.training.checkpoint import load_checkpoint
-    from qpe_core.training.dataset import valid_times
     from qpe_core.training.inference import ensemble
 
     arc, model = Archive.open(archive), load_checkpoint(ckpt, device=DEVICE)
-    times = valid_times(arc, model.card["lags"], 0.5, start, end)
-    times = times[np.linspace(0, len(times) - 1, min(int(cases), len(times))).astype(int)]
-    arrays = {"times": np.array([str(t) for t in times]),
-              "truth": np.stack([arc.read_rain(t) for t in times]).astype("float16")}
+    times, arrays = _cases(arc, model.card["lags"], start, end, cases)
     stacks = [temporal_stack(arc, t, model.card["lags"], model.card["channels"])["bt"].values for t in times]
     for n in os.environ.get("STEPS_LIST", "1 2 4 8 64").split():
         arrays[f"steps{n}"] = np.stack([ensemble(model, st, int(members), int(n), seed=k, device=DEVICE)
