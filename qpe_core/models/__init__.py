@@ -1,7 +1,7 @@
 """Models: value transforms, the U-Net backbone, training objectives and samplers (plain tensors).
 
 ``transform`` (mm/h and K <-> network units), ``backbone`` (:class:`UNet`), ``objectives``
-(regression, DDPM, flow matching, residual flow; :func:`make_objective`), ``samplers`` (Euler,
+(regression, DDPM, flow matching, residual flow, cascade flow; :func:`make_objective`), ``samplers`` (Euler,
 Heun, DDPM ancestral, DDIM).
 """
 
@@ -16,11 +16,14 @@ from qpe_core.models.objectives import (
     build_networks,
     make_objective,
 )
-from qpe_core.models.samplers import DiffusionSchedule, ddim, ddpm_ancestral, euler, heun
+from qpe_core.models.cascade import CascadeFlow
+from qpe_core.models.samplers import DiffusionSchedule, ddim, ddpm_ancestral, euler, heun, midpoint
 from qpe_core.models.transform import BTNormalizer, RainTransform
 
+OBJECTIVES[CascadeFlow.kind] = CascadeFlow  # registered here: cascade.py builds on objectives.py
+
 __all__ = [
-    "DDPM", "OBJECTIVES", "BTNormalizer", "DiffusionSchedule", "FlowMatching", "Objective", "RainTransform",
+    "DDPM", "OBJECTIVES", "CascadeFlow", "BTNormalizer", "DiffusionSchedule", "FlowMatching", "Objective", "RainTransform",
     "Regression", "ResidualFlow", "UNet", "build_networks", "ddim", "ddpm_ancestral", "euler", "heun",
-    "make_objective",
+    "make_objective", "midpoint",
 ]

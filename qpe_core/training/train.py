@@ -35,6 +35,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     archive: str
     kind: str = "residual-flow"
+    objective: dict = Field(default_factory=dict)  # keyword arguments of make_objective (e.g. guidance)
+    # cascade-flow: the frozen U-Net checkpoint it builds on; None = train one first into OUT/mean
+    mean_checkpoint: str | None = None
     out: str
     max_steps: int = Field(2000, ge=1)
     patch: int = Field(128, ge=16)
@@ -137,21 +140,30 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     transform = RainTransform()
     sampler = PatchSampler(archive, cfg.lags, channels, BTNormalizer([0.0] * len(channels), [1.0] * len(channels)),
                            transform, cfg.patch)
-    sampler.normalizer = _fit_normalizer(sampler, train_t)
+    mean = _frozen_mean(cfg, channels) if getattr(make_objective(cfg.kind), "frozen", ()) else None
+    sampler.normalizer = mean.normalizer if mean else _fit_normalizer(sampler, train_t)
     in_ch = len(cfg.lags) * (len(channels) + 1)
-    objective = make_objective(cfg.kind)
+    objective = make_objective(cfg.kind, **cfg.objective)
     objective.set_data_stats(*_fit_target_stats(sampler, train_t))
     raw = build_networks(objective, in_ch, **cfg.backbone).to(device)
+    val = _val_set(sampler, val_t, cfg.val_patches, cfg.seed) if len(val_t) else None
+    if mean:
+        _load_frozen(objective, raw, mean, val, device)
     ema = copy.deepcopy(raw).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     step = load_resume_state(cfg.out, raw, ema, opt)
     nets = raw
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel
         nets = torch.nn.ModuleDict({k: ddp(v, device_ids=[device.index] if device.type == "cuda" else None)
+                                    if any(p.requires_grad for p in v.parameters()) else v
                                     for k, v in raw.items()})
     card = _card(cfg, archive, channels, objective, in_ch, sampler.normalizer, transform, train_t, val_t, raw)
-    val = _val_set(sampler, val_t, cfg.val_patches, cfg.seed) if rank == 0 and len(val_t) else None
+    if mean:
+        card["mean_checkpoint"] = {"path": mean.card["path"], "steps": mean.card.get("steps"),
+                                   "validation": mean.card.get("validation")}
+    val = val if rank == 0 else None
     log_path = Path(cfg.out) / "train_log.jsonl"
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t_start, seen = time.perf_counter(), 0
@@ -188,11 +200,49 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     return card
 
 
+def _frozen_mean(cfg: TrainConfig, channels):
+    """The trained U-Net a cascade objective freezes: ``cfg.mean_checkpoint``, or one trained first
+    into ``OUT/mean`` with the same data, budget and seed (resumable like any run)."""
+    from qpe_core.errors import QpeError
+    from qpe_core.training.checkpoint import check_card, load_checkpoint
+
+    path = cfg.mean_checkpoint
+    if path is None:
+        path = str(Path(cfg.out) / "mean")
+        card = Path(path) / "card.json"
+        if not card.is_file() or json.loads(card.read_text()).get("steps") != cfg.max_steps:
+            train(cfg.model_copy(update={"kind": "unet", "out": path, "objective": {}}))
+    mean = load_checkpoint(path, "cpu")
+    if mean.card["kind"] != "unet":
+        raise QpeError(f"{cfg.kind} needs a unet checkpoint as its mean, {path} is a {mean.card['kind']}")
+    check_card(mean.card, Archive.open(cfg.archive).area, list(channels), list(cfg.lags))
+    if list(mean.card["channels"]) != list(channels):
+        raise QpeError(f"mean checkpoint {path} uses channels {mean.card['channels']}, this run {list(channels)}")
+    mean.card["path"] = path
+    return mean
+
+
+def _load_frozen(objective, raw: torch.nn.ModuleDict, mean, val, device) -> None:
+    """Copy the U-Net into ``raw["mean"]``, freeze it and fit the residual scale on held-out patches."""
+    from qpe_core.errors import QpeError
+
+    try:
+        raw["mean"].load_state_dict(mean.nets["net"].state_dict())
+    except RuntimeError as exc:
+        raise QpeError(f"mean checkpoint {mean.card['path']} does not fit this run's backbone "
+                       f"({str(exc)[:160]}); train both with the same backbone") from None
+    raw["mean"].requires_grad_(False).eval()
+    if val is not None and hasattr(objective, "fit_residual_std"):
+        with torch.no_grad():
+            objective.fit_residual_std({"mean": raw["mean"]}, *(v.to(device) for v in val))
+
+
 def _clip(nets: torch.nn.ModuleDict, max_norm: float, per_network: bool) -> float:
     """Clip gradients to ``max_norm`` per network (or jointly); returns the largest norm before."""
+    trainable = [n for n in nets.values() if any(p.requires_grad for p in n.parameters())]
     if not per_network:
-        return float(torch.nn.utils.clip_grad_norm_(nets.parameters(), max_norm))
-    return max(float(torch.nn.utils.clip_grad_norm_(n.parameters(), max_norm)) for n in nets.values())
+        return float(torch.nn.utils.clip_grad_norm_([p for n in trainable for p in n.parameters()], max_norm))
+    return max(float(torch.nn.utils.clip_grad_norm_(n.parameters(), max_norm)) for n in trainable)
 
 
 @torch.no_grad()
