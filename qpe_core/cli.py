@@ -380,6 +380,11 @@ def deploy(
     out.print(table)
 
 
+from qpe_core.cli_study import study_cmd  # noqa: E402  (its own module: cli.py stays short)
+
+app.command("study")(study_cmd)
+
+
 def main() -> None:
     """Console-script entry point: usage errors are click's; user errors one red line, exit 2."""
     try:

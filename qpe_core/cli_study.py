@@ -1,0 +1,58 @@
+"""``qpe study``: the equal-budget comparison of every model kind (:mod:`qpe_core.study`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
+out = Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def study_cmd(
+    profile: Annotated[str, typer.Option(help="cpu (2 cores, <= 75 min) | gpu (one H100/H200, <= 10 min) | tiny")]
+    = "cpu",
+    out_dir: Annotated[Path, typer.Option("--out", help="study folder (re-runs resume)")] = Path("data/study"),
+    archive: Annotated[Optional[str], typer.Option(help="use this archive instead of simulating one")] = None,
+    models: Annotated[Optional[str], typer.Option(help="comma-separated model names of the profile to keep")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="override the profile's optimiser steps")] = None,
+    device: Annotated[Optional[str], typer.Option(help="override the profile's device (cpu | cuda)")] = None,
+):
+    """Train every kind with one equal budget, score them on a held-out period, write the report."""
+    from qpe_core.errors import QpeError
+    from qpe_core.study import PROFILES, run_study
+
+    if profile not in PROFILES:
+        raise QpeError(f"unknown profile {profile!r}; choose from {list(PROFILES)}")
+    prof = PROFILES[profile]
+    update = {k: v for k, v in {"steps": steps, "device": device}.items() if v is not None}
+    if models:
+        keep = [m.strip() for m in models.split(",")]
+        unknown = sorted(set(keep) - {m.name for m in prof.models})
+        if unknown:
+            raise QpeError(f"profile {profile} has no model {unknown}; it has {[m.name for m in prof.models]}")
+        update["models"] = [m for m in prof.models if m.name in keep]
+        if prof.default not in keep:
+            update["default"] = keep[-1]
+    prof = prof.model_copy(update=update)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[label]}"), console=err)
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int, label: str) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, label="")
+        bar.update(tasks[stage], completed=done, total=total, label=label)
+
+    with bar:
+        metrics = run_study(prof, out_dir, archive, progress)
+    text = (out_dir / "report" / "report.md").read_text()
+    out.print(text.split("\n## Figures")[0], markup=False)
+    out.print(text[text.index("## Mission checks"):], markup=False)
+    out.print(f"report: {out_dir / 'report' / 'report.md'}; checks "
+              + ", ".join(f"{n} {m['held']}/{m['total']}" for n, m in metrics["mission"].items()), markup=False)

@@ -1,0 +1,379 @@
+"""``qpe study``: every model kind trained with one equal budget, scored on a later held-out period.
+
+Stages, each resumable (a re-run skips what is complete and resumes a half-trained model):
+
+1. **simulate** the profile's segments into ``OUT/archive.zarr`` (or use ``archive=``): independent
+   segments with their own seeds and a one-hour gap, so no stack straddles two simulations; the
+   evaluation segments come after the training ones and use seeds no training segment uses;
+2. **train** each model of the profile into ``OUT/ck/NAME`` with the same backbone, steps, batch,
+   patch, learning rate, EMA and seed (``cascade-flow`` freezes the study's own ``unet`` as its mean
+   and spends the same steps on its flow network);
+3. **draw** each model's ensemble on the held-out cases into ``OUT/ensembles/NAME.npz`` (case ``k`` uses
+   seed ``k``; the default model also at ``cost_steps`` for the cost check);
+4. **score** them together (:func:`qpe_core.evaluation.score_ensembles`), add the mission checks
+   (:mod:`qpe_core.report.mission`) and write ``OUT/report`` (``metrics.json``, ``report.md``,
+   figures) and ``OUT/study.json`` (profile, wall time per stage).
+
+Profiles: ``cpu`` (2 cores, at most 75 minutes), ``gpu`` (one H100/H200, at most 10 minutes with the
+archive simulated in the same call) and ``tiny`` (the tests). Rain in mm/h, times UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from qpe_core.errors import QpeError
+from qpe_core.timeutil import iso
+
+Progress = Callable[[str, int, int, str], None]  # (stage, done, total, label)
+DEFAULT_KIND = "cascade-flow"
+
+
+class Segment(BaseModel):
+    """One independent simulation: ``periods`` slots from ``start`` (UTC) with ``seed``."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: str
+    periods: int = Field(ge=8)
+    seed: int
+
+
+class ModelSpec(BaseModel):
+    """One model of the study: a name, its kind and what differs from the profile (lags, options)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: str
+    lags: list[int] | None = None
+    objective: dict = Field(default_factory=dict)
+    seed: int | None = None
+
+
+def _segments(first: str, n: int, days: float, seed0: int, slot_minutes: int = 15) -> list[Segment]:
+    """``n`` back-to-back segments of ``days`` days from ``first``, each one hour short of the next."""
+    periods = int(days * 24 * 60 / slot_minutes) - 60 // slot_minutes
+    t0 = pd.Timestamp(first)
+    return [Segment(start=iso(t0 + pd.Timedelta(days=days * i)), periods=periods, seed=seed0 + i) for i in range(n)]
+
+
+FIVE_KINDS = [ModelSpec(name=k, kind=k) for k in ("unet", "ddpm", "flow", "residual-flow", "cascade-flow")]
+
+
+class StudyProfile(BaseModel):
+    """Everything a study depends on (written to ``study.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    area: str = "france-3km"
+    train_segments: list[Segment]
+    eval_segments: list[Segment]
+    models: list[ModelSpec] = Field(default_factory=lambda: list(FIVE_KINDS))
+    default: str = DEFAULT_KIND           # the model the mission checks are for
+    steps: int = Field(3000, ge=1)         # optimiser steps of every model (the equal budget)
+    batch_size: int = 8
+    patch: int = 64
+    lr: float = 5e-4
+    ema_decay: float = 0.999
+    backbone: dict = Field(default_factory=lambda: {"base_channels": 16})
+    lags: list[int] = Field(default_factory=lambda: [0, -15, -30, -45])
+    seed: int = 0
+    val_every: int = 500
+    members: int = 8
+    cases: int = 16
+    window: int | None = 192               # central window scored (pixels); None = full grid
+    cost_steps: int = 64                   # reference sampler steps of the cost check
+    cost_cases: int = 6
+    device: str = "cpu"
+    parallel: int = 1                      # trainings at once (separate processes when > 1)
+
+
+PROFILES: dict[str, StudyProfile] = {
+    "cpu": StudyProfile(name="cpu", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
+                        eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91)),
+    "gpu": StudyProfile(name="gpu", train_segments=_segments("2024-06-01T00:00Z", 12, 2, 101),
+                        eval_segments=_segments("2024-06-26T00:00Z", 2, 2, 191), steps=1500, batch_size=16,
+                        patch=128, backbone={}, ema_decay=0.999, cases=24, window=None, members=8,
+                        device="cuda", parallel=4, cost_cases=8),
+    "tiny": StudyProfile(name="tiny", train_segments=[Segment(start="2024-06-01T00:00Z", periods=24, seed=1)],
+                         eval_segments=[Segment(start="2024-06-01T07:00Z", periods=12, seed=2)], steps=4,
+                         patch=32, backbone={"base_channels": 8, "channel_mults": (1, 2)}, members=3, cases=2,
+                         window=64, cost_steps=3, cost_cases=1, val_every=2),
+}
+
+
+# ------------------------------------------------------------------ stages
+
+def simulate_stage(profile: StudyProfile, url: str, progress: Progress | None = None) -> dict:
+    """Simulate every segment not yet complete in the archive at ``url``; returns slots per segment."""
+    from qpe_core.archive import Archive
+    from qpe_core.config import Settings
+    from qpe_core.simulate_archive import simulate_to_archive
+    from qpe_core.timeutil import slot_range
+
+    segs = [*profile.train_segments, *profile.eval_segments]
+    first = min(pd.Timestamp(s.start) for s in segs)
+    arc = Archive.open(url, "a") if (Path(url) / "zarr.json").exists() else \
+        Archive.create(url, profile.area, list(Settings().channels), origin=first)
+    done = set(arc.times("bt")) & set(arc.times("rain"))
+    out = {}
+    for i, seg in enumerate(segs):
+        times = slot_range(seg.start, seg.periods, arc.slot_minutes)
+        if all(t in done for t in times):
+            out[seg.start] = "complete"
+            continue
+        if progress:
+            progress("simulate", i, len(segs), seg.start)
+        out[seg.start] = simulate_to_archive(arc, seg.start, seg.periods, seg.seed)
+    if progress:
+        progress("simulate", len(segs), len(segs), "")
+    return out
+
+
+def _train_config(profile: StudyProfile, spec: ModelSpec, archive: str, out: Path):
+    from qpe_core.training.train import TrainConfig
+
+    end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods) for s in profile.train_segments)
+    extra = {"mean_checkpoint": str(out / "ck" / "unet")} if spec.kind == "cascade-flow" else {}
+    return TrainConfig(archive=archive, kind=spec.kind, out=str(out / "ck" / spec.name), max_steps=profile.steps,
+                       patch=profile.patch, lags=spec.lags or profile.lags, batch_size=profile.batch_size,
+                       lr=profile.lr, ema_decay=profile.ema_decay, device=profile.device,
+                       seed=profile.seed if spec.seed is None else spec.seed, end=iso(end), backbone=profile.backbone,
+                       objective=spec.objective, val_every=profile.val_every, save_every=max(profile.steps // 4, 1),
+                       loader_threads=2 if profile.device == "cpu" else 4, **extra)
+
+
+def _trained(path: Path, steps: int) -> bool:
+    card = path / "card.json"
+    return card.is_file() and json.loads(card.read_text()).get("steps") == steps
+
+
+def _train_one(cfg_json: str) -> str:
+    from qpe_core.training.train import TrainConfig, train
+
+    cfg = TrainConfig.model_validate_json(cfg_json)
+    train(cfg)
+    return cfg.out
+
+
+def train_stage(profile: StudyProfile, archive: str, out: Path, progress: Progress | None = None) -> dict:
+    """Train every model not yet at ``profile.steps``; the U-Net first when a cascade needs it."""
+    specs = [s for s in profile.models if not _trained(out / "ck" / s.name, profile.steps)]
+    if any(s.kind == "cascade-flow" for s in profile.models) and "unet" not in {s.name for s in profile.models}:
+        raise QpeError("a study with cascade-flow needs a model named 'unet' (its frozen mean)")
+    seconds: dict[str, float] = {}
+    first = [s for s in specs if s.kind != "cascade-flow"]
+    later = [s for s in specs if s.kind == "cascade-flow"]
+    for group in (first, later):
+        if profile.parallel > 1 and len(group) > 1:
+            _train_parallel(profile, group, archive, out, seconds)
+            continue
+        for spec in group:
+            t0 = time.perf_counter()
+
+            def step(n: int, rec: dict, name=spec.name) -> None:
+                if progress and (n % 10 == 0 or n == profile.steps):
+                    progress("train " + name, n, profile.steps, f"loss {rec['loss']:.4f}")
+
+            from qpe_core.training.train import train
+
+            train(_train_config(profile, spec, archive, out), progress=step)
+            seconds[spec.name] = time.perf_counter() - t0
+    return seconds
+
+
+def _train_parallel(profile, group, archive, out, seconds) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(min(profile.parallel, len(group)), mp_context=mp.get_context("spawn")) as pool:
+        futures = {s.name: pool.submit(_train_one, _train_config(profile, s, archive, out).model_dump_json())
+                   for s in group}
+        for name, fut in futures.items():
+            fut.result()
+            seconds[name] = time.perf_counter() - t0
+
+
+def eval_cases(profile: StudyProfile, archive: str) -> pd.DatetimeIndex:
+    """The held-out cases: valid times of the evaluation segments with every model's lags, spread evenly."""
+    from qpe_core.archive import Archive
+    from qpe_core.evaluation import plan_cases
+
+    lags = sorted({int(v) for s in profile.models for v in (s.lags or profile.lags)} | {0}, reverse=True)
+    arc = Archive.open(archive)
+    times = [t for seg in profile.eval_segments
+             for t in plan_cases(arc, lags, seg.start, pd.Timestamp(seg.start) + pd.Timedelta(minutes=15 * seg.periods))]
+    times = pd.DatetimeIndex(sorted(times))
+    return times[np.linspace(0, len(times) - 1, min(profile.cases, len(times))).astype(int)]
+
+
+def _window(profile: StudyProfile):
+    from qpe_core.evaluation import central_window
+
+    return central_window(profile.area, profile.window) if profile.window else None
+
+
+def draw_ensembles(ckpt: Path, archive: str, times, members: int, window, device: str, steps: int | None = None
+                   ) -> tuple[np.ndarray, float]:
+    """Ensembles ``(case, member, y, x)`` mm/h of one checkpoint on ``times`` (case k: seed k); seconds/case."""
+    from qpe_core.archive import Archive
+    from qpe_core.evaluation import _window_slices
+    from qpe_core.grids import get_spec
+    from qpe_core.stack import temporal_stack
+    from qpe_core.training.checkpoint import load_checkpoint
+    from qpe_core.training.inference import ensemble
+
+    arc, model = Archive.open(archive), load_checkpoint(ckpt, device)
+    spec = get_spec(arc.area)
+    ys, xs = _window_slices(window, (spec.height, spec.width))
+    n = 1 if model.card["kind"] == "unet" else members
+    fields, t0 = [], time.perf_counter()
+    for k, t in enumerate(times):
+        st = temporal_stack(arc, t, model.card["lags"], model.card["channels"])
+        rain = ensemble(model, np.ascontiguousarray(st["bt"].values[..., ys, xs]), n, steps, seed=k, device=device)
+        rain[:, ~st["valid"].values[0, ys, xs].astype(bool)] = np.nan
+        fields.append(rain)
+    return np.stack(fields), (time.perf_counter() - t0) / max(len(times), 1)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progress | None = None) -> None:
+    """Truth and every model's ensemble on the held-out cases (skips files already drawn)."""
+    from qpe_core.archive import Archive
+    from qpe_core.evaluation import _window_slices
+    from qpe_core.grids import get_spec
+
+    ens = out / "ensembles"
+    ens.mkdir(parents=True, exist_ok=True)
+    times, window = eval_cases(profile, archive), _window(profile)
+    stamp = np.array([iso(t) for t in times])
+    if not (ens / "truth.npz").is_file():
+        arc, spec = Archive.open(archive), get_spec(profile.area)
+        ys, xs = _window_slices(window, (spec.height, spec.width))
+        _save_npz(ens / "truth.npz", times=stamp, truth=np.stack([arc.read_rain(t)[ys, xs] for t in times]))
+    jobs = [(s.name, None, times) for s in profile.models]
+    jobs += [(profile.default, profile.cost_steps, times[np.linspace(0, len(times) - 1, min(profile.cost_cases,
+                                                                                         len(times))).astype(int)])]
+    for i, (name, steps, tt) in enumerate(jobs):
+        path = ens / (f"{name}.npz" if steps is None else f"{name}@{steps}.npz")
+        if path.is_file() and list(np.load(path)["times"]) == [iso(t) for t in tt]:
+            continue
+        if progress:
+            progress("draw", i, len(jobs), path.stem)
+        rain, sec = draw_ensembles(out / "ck" / name, archive, tt, profile.members, window, profile.device, steps)
+        _save_npz(path, times=np.array([iso(t) for t in tt]), rain=rain, seconds_per_case=sec)
+    if progress:
+        progress("draw", len(jobs), len(jobs), "")
+
+
+def _model_info(ckpt: Path, seconds: float) -> dict:
+    from qpe_core.training.checkpoint import load_checkpoint
+
+    m = load_checkpoint(ckpt)
+    return {"kind": m.card["kind"], "source": str(ckpt), "parameters": m.card.get("parameters"),
+            "train_steps": m.card.get("steps"), "lags": m.card["lags"], "objective": m.card["objective"],
+            "evals_per_member": m.objective.evals_per_member(), "shared_evals": m.objective.shared_evals(),
+            "validation": m.card.get("validation"), "seconds_per_case": seconds}
+
+
+def score_stage(profile: StudyProfile, out: Path) -> dict:
+    """Score the drawn ensembles together, add the mission checks and write ``OUT/report``."""
+    from qpe_core.evaluation import pixel_km_of, score_ensembles
+    from qpe_core.report import summarize, write_report
+    from qpe_core.report.mission import crps_of, member_scores, mission_checks
+
+    ens = out / "ensembles"
+    with np.load(ens / "truth.npz") as z:
+        times, truth = list(z["times"]), z["truth"].astype("float32")
+    forecasts, info = {}, {}
+    for s in profile.models:
+        with np.load(ens / f"{s.name}.npz") as z:
+            forecasts[s.name] = z["rain"].astype("float32")
+            info[s.name] = _model_info(out / "ck" / s.name, float(z["seconds_per_case"]))
+    pixel_km = pixel_km_of(profile.area)
+    metrics = score_ensembles(truth, forecasts, pd.DatetimeIndex(times), pixel_km, info=info, area=profile.area,
+                              window=_window(profile), seed=profile.seed)
+    scale_px = max(1, round(24.0 / pixel_km))
+    unet = next((n for n, s in info.items() if s["kind"] == "unet"), None)
+    mission = {}
+    for name, entry in metrics["models"].items():
+        entry["seconds_per_case"] = info[name]["seconds_per_case"]
+        entry["summary"] = summary = summarize(entry)
+        if entry["members"] < 2:
+            continue
+        extra = member_scores(truth, forecasts[name], scale_px)
+        cost = None
+        if name == profile.default:
+            with np.load(ens / f"{name}@{profile.cost_steps}.npz") as z:
+                sub = [times.index(t) for t in z["times"]]
+                ref = z["rain"].astype("float32")
+            cost = {"evals_per_member": summary["evals_per_member"], "crps": crps_of(truth[sub], forecasts[name][sub]),
+                    "crps_ref": crps_of(truth[sub], ref), "ref_steps": profile.cost_steps, "cases": len(sub)}
+        checks = mission_checks(summary, metrics["models"][unet]["summary"] if unet else None, extra, cost)
+        mission[name] = {"member_scores": extra, "cost": cost, "checks": checks,
+                         "held": sum(c["held"] is True for c in checks), "total": len(checks)}
+    metrics.update(mission=mission, default=profile.default, profile=profile.model_dump())
+    report = write_report(metrics, out / "report")
+    md = report / "report.md"
+    md.write_text(md.read_text() + "\n" + mission_markdown(metrics))
+    return metrics
+
+
+def mission_markdown(metrics: dict) -> str:
+    """The mission-check section of ``report.md``: the default model first, then the other ensembles."""
+    mission, default = metrics.get("mission", {}), metrics.get("default")
+    lines = ["## Mission checks", "",
+             f"The product default is `{default}`; the same checks for the other ensembles, for comparison.", ""]
+    for name in sorted(mission, key=lambda n: n != default):
+        m = mission[name]
+        lines += [f"### {name}{' (default)' if name == default else ''}: {m['held']} of {m['total']} held", ""]
+        for c in m["checks"]:
+            verdict = "not checked" if c["held"] is None else ("held" if c["held"] else "not held")
+            lines.append(f"- {c['text'][: -len(verdict)]}**{verdict}**")
+        ranks = metrics["models"][name].get("ensemble", {}) or {}
+        freq = (ranks.get("rank_histogram") or {}).get("frequencies")
+        if freq:
+            lines.append("- rank histogram (frequencies, lowest rank first): " + " ".join(f"{f:.3f}" for f in freq))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None,
+              progress: Progress | None = None) -> dict:
+    """All four stages (module docstring) into ``out``; returns the metrics dict. Re-runs resume."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if profile.default not in {s.name for s in profile.models}:
+        raise QpeError(f"profile {profile.name}: default model {profile.default!r} is not among its models "
+                       f"{[s.name for s in profile.models]}")
+    url = archive or str(out / "archive.zarr")
+    log: dict = {"profile": profile.model_dump(), "archive": url, "seconds": {}}
+    t0 = time.perf_counter()
+    if archive is None:
+        log["simulated"] = simulate_stage(profile, url, progress)
+    log["seconds"]["simulate"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    log["train_seconds"] = train_stage(profile, url, out, progress)
+    log["seconds"]["train"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    draw_stage(profile, url, out, progress)
+    log["seconds"]["draw"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    metrics = score_stage(profile, out)
+    log["seconds"]["score"] = time.perf_counter() - t1
+    log["seconds"]["total"] = time.perf_counter() - t0
+    log["checks"] = {n: f"{m['held']}/{m['total']}" for n, m in metrics["mission"].items()}
+    (out / "study.json").write_text(json.dumps(log, indent=1, default=str))
+    return metrics
