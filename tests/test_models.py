@@ -27,7 +27,7 @@ from qpe_core.models import (
 from qpe_core.models.samplers import gaussian_std, scaled
 
 TINY = dict(base_channels=8, channel_mults=(1, 2), emb_dim=32)
-KINDS = ["unet", "ddpm", "flow", "residual-flow"]
+KINDS = ["unet", "ddpm", "flow", "residual-flow", "cascade-flow"]
 
 
 def gen(seed: int) -> torch.Generator:
@@ -368,7 +368,8 @@ class CountingNet(nn.Module):
 @pytest.mark.parametrize("kind,steps,sampler,expected", [
     ("flow", 4, "euler", 4), ("flow", 4, "heun", 7), ("flow", 3, "scaled-heun", 5), ("flow", 1, "heun", 1),
     ("ddpm", 20, "ddim", 20), ("ddpm", 20, "ancestral", 20), ("ddpm", 1000, "ancestral", 908), ("residual-flow", 4, "scaled-euler", 4),
-    ("unet", 4, None, 0),
+    ("unet", 4, None, 0), ("cascade-flow", 4, "heun", 7), ("cascade-flow", 4, "midpoint", 8),
+    ("cascade-flow", 3, "euler", 3),
 ])
 def test_evals_per_member_matches_network_calls(kind, steps, sampler, expected):
     obj = make_objective(kind)

@@ -147,8 +147,8 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     objective.set_data_stats(*_fit_target_stats(sampler, train_t))
     raw = build_networks(objective, in_ch, **cfg.backbone).to(device)
     val = _val_set(sampler, val_t, cfg.val_patches, cfg.seed) if len(val_t) else None
-    if mean:
-        _load_frozen(objective, raw, mean, val, device)
+    if mean:  # the residual scale from held-out patches (training ones only if there is no validation)
+        _load_frozen(objective, raw, mean, val or _val_set(sampler, train_t, cfg.val_patches, cfg.seed), device)
     ema = copy.deepcopy(raw).eval().requires_grad_(False)
     opt = torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
@@ -162,7 +162,8 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     card = _card(cfg, archive, channels, objective, in_ch, sampler.normalizer, transform, train_t, val_t, raw)
     if mean:
         card["mean_checkpoint"] = {"path": mean.card["path"], "steps": mean.card.get("steps"),
-                                   "validation": mean.card.get("validation")}
+                                   "validation": mean.card.get("validation"),
+                                   "residual_fit_on": "validation patches" if val else "training patches"}
     val = val if rank == 0 else None
     log_path = Path(cfg.out) / "train_log.jsonl"
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -232,7 +233,7 @@ def _load_frozen(objective, raw: torch.nn.ModuleDict, mean, val, device) -> None
         raise QpeError(f"mean checkpoint {mean.card['path']} does not fit this run's backbone "
                        f"({str(exc)[:160]}); train both with the same backbone") from None
     raw["mean"].requires_grad_(False).eval()
-    if val is not None and hasattr(objective, "fit_residual_std"):
+    if hasattr(objective, "fit_residual_std"):
         with torch.no_grad():
             objective.fit_residual_std({"mean": raw["mean"]}, *(v.to(device) for v in val))
 

@@ -1,0 +1,99 @@
+"""Cascade flow (the product default): frozen U-Net mean + flow on the held-out-scaled residual."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_models import TINY, CountingNet, OracleGaussianFlow, _toy_batch, gen
+
+from qpe_core.archive import Archive
+from qpe_core.config import DEFAULT_CHANNELS
+from qpe_core.errors import QpeError
+from qpe_core.models import CascadeFlow, build_networks, make_objective, midpoint
+from qpe_core.simulate_archive import simulate_to_archive
+from qpe_core.training.checkpoint import load_checkpoint, load_tensors
+from qpe_core.training.train import TrainConfig, train
+
+
+class ConstantNet(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x, t):
+        return torch.full((x.shape[0], 1, *x.shape[-2:]), self.value)
+
+
+def test_cascade_samples_mean_plus_scaled_residual_with_oracle():
+    obj = CascadeFlow(residual_std=0.4)
+    nets = {"mean": ConstantNet(0.7), "flow": OracleGaussianFlow(0.0, 1.0)}  # u ~ N(0, 1)
+    out = obj.sample(nets, torch.zeros(4, 2, 32, 32), members=8, steps=8, generator=gen(1))
+    assert out.shape == (4, 8, 32, 32)
+    assert abs(out.mean().item() - 0.7) < 0.01 and abs(out.std().item() / 0.4 - 1) < 0.02
+
+
+def test_midpoint_is_second_order():
+    # dx/dt = x: exact e; midpoint error shrinks ~4x per halving of h
+    errs = [abs(midpoint(lambda x, t: x, torch.ones(1), 0.0, 1.0, n).item() - np.e) for n in (4, 8)]
+    assert 3.5 < errs[0] / errs[1] < 4.5
+
+
+def test_fit_residual_std_and_frozen_mean_gets_no_gradient():
+    obj = CascadeFlow()
+    cond, target, mask = _toy_batch()
+    nets = build_networks(obj, cond.shape[1], **TINY)
+    rms = obj.fit_residual_std(nets, cond, target, mask)
+    with torch.no_grad():
+        m = nets["mean"](cond, torch.zeros(2))
+    ok = torch.isfinite(target) & mask.unsqueeze(1).bool()
+    assert rms == pytest.approx(float(((target - m)[ok] ** 2).mean().sqrt()), rel=1e-5)
+    loss, logs = obj.loss(nets, cond, target, mask, generator=gen(2))
+    loss.backward()
+    assert all(p.grad is None for p in nets["mean"].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets["flow"].parameters())
+    assert np.isfinite(logs["mean_mse"])
+
+
+def test_guidance_doubles_evaluations_and_config_round_trips():
+    obj = make_objective("cascade-flow", guidance=2.0, cond_dropout=0.1)
+    assert obj.evals_per_member(4, "heun") == 14
+    nets = {name: CountingNet(cout) for name, (_, cout) in obj.network_specs(3).items()}
+    obj.sample(nets, torch.zeros(1, 3, 8, 8), members=1, steps=4, generator=gen(0))
+    assert sum(n.calls for n in nets.values()) == 14 + 1
+    assert make_objective(**obj.config()).config() == obj.config()
+    with pytest.raises(ValueError, match="residual_std"):
+        CascadeFlow(residual_std=0)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("casc") / "sim.zarr")
+    arc = Archive.create(url, "france-3km", list(DEFAULT_CHANNELS))
+    simulate_to_archive(arc, "2024-06-01T00:00", 32, seed=4)
+    return url
+
+
+def _cfg(archive, out, kind, **kw):
+    return TrainConfig(archive=archive, kind=kind, out=str(out), max_steps=3, patch=32, batch_size=2,
+                       backbone=TINY, val_block="2h", val_fraction=0.5, val_patches=4, val_every=3, save_every=3, **kw)
+
+
+def test_training_freezes_the_unet_and_fits_scale_on_validation(archive, tmp_path):
+    train(_cfg(archive, tmp_path / "unet", "unet"))
+    card = train(_cfg(archive, tmp_path / "cf", "cascade-flow", mean_checkpoint=str(tmp_path / "unet")))
+    unet, cf = load_tensors(tmp_path / "unet" / "weights.safetensors"), load_tensors(tmp_path / "cf" / "weights.safetensors")
+    for k, v in unet.items():  # the cascade's mean network is the U-Net, bit for bit
+        assert torch.equal(cf["mean." + k[len("net."):]], v)
+    assert card["mean_checkpoint"]["path"] == str(tmp_path / "unet")
+    assert card["mean_checkpoint"]["residual_fit_on"] == "validation patches"
+    assert card["objective"]["residual_std"] != 1.0 and card["objective"]["residual_std"] > 0
+    assert load_checkpoint(tmp_path / "cf").card["normalizer"] == load_checkpoint(tmp_path / "unet").card["normalizer"]
+    # without a mean checkpoint a U-Net is trained first into OUT/mean, with the same budget
+    card = train(_cfg(archive, tmp_path / "cf2", "cascade-flow"))
+    assert json.loads((tmp_path / "cf2" / "mean" / "card.json").read_text())["steps"] == 3
+    assert card["mean_checkpoint"]["path"] == str(tmp_path / "cf2" / "mean")
+    with pytest.raises(QpeError, match="needs a unet checkpoint"):
+        train(_cfg(archive, tmp_path / "cf3", "cascade-flow", mean_checkpoint=str(tmp_path / "cf")))

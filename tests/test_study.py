@@ -1,0 +1,109 @@
+"""``qpe study``: the tiny profile end to end (simulate, train, draw, score), resuming, and the mission checks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from qpe_core.cli import app
+from qpe_core.errors import QpeError
+from qpe_core.report.mission import TARGETS, crps_of, member_scores, mission_checks
+from qpe_core.study import PROFILES, run_study
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    return out, run_study(PROFILES["tiny"], out)
+
+
+def test_tiny_study_writes_report_with_every_model_and_the_mission_checks(tiny_study):
+    out, metrics = tiny_study
+    names = [m.name for m in PROFILES["tiny"].models]
+    assert list(metrics["models"]) == names
+    for name in names:  # one equal budget
+        assert json.loads((out / "ck" / name / "card.json").read_text())["steps"] == PROFILES["tiny"].steps
+    report = (out / "report" / "report.md").read_text()
+    assert "## Mission checks" in report and "### cascade-flow (default)" in report
+    assert set(metrics["mission"]) == {"ddpm", "flow", "residual-flow", "cascade-flow"}  # the ensembles
+    checks = metrics["mission"]["cascade-flow"]["checks"]
+    assert [c["check"] for c in checks] == ["fss_mean", "fss_member", "realism", "maximum", "spectrum",
+                                            "spread_skill", "crps", "cost"]
+    assert checks[-1]["held"] is not None  # the default model has its reference-step ensemble
+    log = json.loads((out / "study.json").read_text())
+    assert set(log["seconds"]) == {"simulate", "train", "draw", "score", "total"}
+    saved = json.loads((out / "report" / "metrics.json").read_text())
+    assert saved["default"] == "cascade-flow" and saved["profile"]["name"] == "tiny"
+    truth = np.load(out / "ensembles" / "truth.npz")["truth"]
+    assert truth.shape == (2, 64, 64)  # tiny: 2 cases on a 64 x 64 central window
+    # the held-out cases come from the evaluation segment only
+    seg = PROFILES["tiny"].eval_segments[0]
+    assert all(t >= seg.start[:16] for t in metrics["times"])
+
+
+def test_rerun_resumes_without_retraining_and_gives_the_same_scores(tiny_study):
+    out, metrics = tiny_study
+    weights = {p: p.stat().st_mtime_ns for p in (out / "ck").glob("*/weights.safetensors")}
+    again = CliRunner().invoke(app, ["study", "--profile", "tiny", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "Mission checks" in again.output
+    assert {p: p.stat().st_mtime_ns for p in (out / "ck").glob("*/weights.safetensors")} == weights
+    saved = json.loads((out / "report" / "metrics.json").read_text())
+    for name in metrics["models"]:
+        a, b = metrics["models"][name]["summary"]["CRPS"], saved["models"][name]["summary"]["CRPS"]
+        assert (math.isnan(a) and b is None) or a == pytest.approx(b)
+
+
+def test_study_cli_refuses_unknown_profile_and_model(tmp_path):
+    r = CliRunner().invoke(app, ["study", "--profile", "huge", "--out", str(tmp_path)])
+    assert isinstance(r.exception, QpeError) and "unknown profile 'huge'" in str(r.exception)  # qpe: exit 2
+    r = CliRunner().invoke(app, ["study", "--profile", "tiny", "--models", "gan", "--out", str(tmp_path)])
+    assert isinstance(r.exception, QpeError) and "no model ['gan']" in str(r.exception)
+    bad = PROFILES["tiny"].model_copy(update={"default": "gan"})
+    with pytest.raises(QpeError, match="default model 'gan'"):
+        run_study(bad, tmp_path)
+
+
+def test_member_scores_perfect_and_shifted_members():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((3, 48, 48))
+    truth[:, 10:30, 2:16] = rng.gamma(2.0, 3.0, (3, 20, 14)) + 1.0  # one rain area per case
+    truth[0, :4] = np.nan
+    perfect = np.repeat(truth[:, None], 4, axis=1)
+    s = member_scores(truth, np.nan_to_num(perfect), 8)
+    assert s["fss_member0"] == pytest.approx(1.0) and s["fss_member_mean"] == pytest.approx(1.0)
+    assert s["max_ratio"] == pytest.approx([1.0, 1.0, 1.0])
+    worse = perfect.copy()
+    worse[:, 1] = np.roll(truth, 24, axis=-1)  # member 1 misplaced
+    worse[1, 2] *= 3.0                          # and one case three times too strong
+    s = member_scores(truth, np.nan_to_num(worse), 8)
+    assert s["fss_member0"] == pytest.approx(1.0) and s["fss_members"][1] < 0.9 and s["fss_member_mean"] < 1.0
+    assert s["max_ratio"][1] == pytest.approx(3.0)
+    assert crps_of(truth[1:], perfect[1:]) == pytest.approx(0.0, abs=1e-12)
+
+
+def _summary(**kw):
+    base = {"FSS_1_24km": 0.80, "MAE": 0.50, "wet_fraction": 0.20, "wet_fraction_truth": 0.20,
+            "wet_fraction_ratio": 1.0, "q99": 10.0, "q99_truth": 10.0, "q99_ratio": 1.0,
+            "spectrum_ratio_10_50km": 1.0, "spectrum_ratio_10_50km_min": 0.9, "spectrum_ratio_10_50km_max": 1.1,
+            "spread_skill": 1.0, "rank_chi2_dof": 1.0, "rank_RI": 0.05, "CRPS": 0.40, "evals_per_member": 7}
+    return {**base, **kw}
+
+
+def test_mission_checks_hold_and_fail_on_their_targets():
+    unet = _summary(MAE=0.5)
+    extra = {"fss_member0": 0.78, "fss_member_mean": 0.77, "max_ratio": [1.2, 1.9], "case_max": [20.0, 30.0]}
+    cost = {"evals_per_member": 7, "crps": 0.40, "crps_ref": 0.395, "ref_steps": 64, "cases": 4}
+    good = mission_checks(_summary(FSS_1_24km=0.79), unet, extra, cost)
+    assert all(c["held"] for c in good), [c["text"] for c in good]
+    bad = mission_checks(_summary(FSS_1_24km=0.77, q99_ratio=0.8, spread_skill=0.7, CRPS=0.43,
+                                  spectrum_ratio_10_50km=1.25),
+                         unet, {**extra, "fss_member_mean": 0.74, "max_ratio": [2.5, 1.0]},
+                         {**cost, "evals_per_member": 9})
+    assert [c["held"] for c in bad] == [False] * 8
+    assert TARGETS["crps_vs_mae"] * 0.5 < 0.43  # the CRPS line failed on its target, not by accident
+    assert mission_checks(_summary(), None, extra, None)[0]["held"] is None  # no U-Net: not checkable
