@@ -146,7 +146,7 @@ def _train_config(profile: StudyProfile, spec: ModelSpec, archive: str, out: Pat
                        lr=profile.lr, ema_decay=profile.ema_decay, device=profile.device,
                        seed=profile.seed if spec.seed is None else spec.seed, end=iso(end), backbone=profile.backbone,
                        objective=spec.objective, val_every=profile.val_every, save_every=max(profile.steps // 4, 1),
-                       loader_threads=2 if profile.device == "cpu" else 4, **extra)
+                       loader_threads=2 if profile.device == "cpu" else 4, preload=True, **extra)
 
 
 def _trained(path: Path, steps: int) -> bool:

@@ -97,3 +97,19 @@ def test_training_freezes_the_unet_and_fits_scale_on_validation(archive, tmp_pat
     assert card["mean_checkpoint"]["path"] == str(tmp_path / "cf2" / "mean")
     with pytest.raises(QpeError, match="needs a unet checkpoint"):
         train(_cfg(archive, tmp_path / "cf3", "cascade-flow", mean_checkpoint=str(tmp_path / "cf")))
+
+
+def test_preloaded_patches_equal_store_reads(archive):
+    from qpe_core.models import BTNormalizer, RainTransform
+    from qpe_core.training.dataset import PatchSampler, valid_times
+
+    arc = Archive.open(archive)
+    lags = [0, -15, -30, -45]
+    times = valid_times(arc, lags)
+    norm = BTNormalizer([250.0] * len(arc.channels), [20.0] * len(arc.channels))
+    store = PatchSampler(arc, lags, arc.channels, norm, RainTransform(), 32)
+    mem = PatchSampler(arc, lags, arc.channels, norm, RainTransform(), 32)
+    assert mem.preload(times[2:-2]) > 0
+    for t in (times[2], times[-3], times[0]):  # the last lies outside memory: read from the store
+        for a, b in zip(store.read(t, 40, 100), mem.read(t, 40, 100)):
+            assert torch.equal(a, b)
