@@ -63,7 +63,7 @@ def _segments(first: str, n: int, days: float, seed0: int, slot_minutes: int = 1
     return [Segment(start=iso(t0 + pd.Timedelta(days=days * i)), periods=periods, seed=seed0 + i) for i in range(n)]
 
 
-FIVE_KINDS = [ModelSpec(name=k, kind=k) for k in ("unet", "ddpm", "flow", "residual-flow", "cascade-flow")]
+FIVE_KINDS = [ModelSpec(name=k, kind=k) for k in ("unet", "cascade-flow", "flow", "ddpm", "residual-flow")]
 
 
 class StudyProfile(BaseModel):
@@ -163,14 +163,14 @@ def _train_one(cfg_json: str) -> str:
 
 
 def train_stage(profile: StudyProfile, archive: str, out: Path, progress: Progress | None = None) -> dict:
-    """Train every model not yet at ``profile.steps``; the U-Net first when a cascade needs it."""
+    """Train every model not yet at ``profile.steps``: the U-Nets first (a cascade freezes one), then
+    the others, ``profile.parallel`` at a time (separate processes sharing the device)."""
     specs = [s for s in profile.models if not _trained(out / "ck" / s.name, profile.steps)]
     if any(s.kind == "cascade-flow" for s in profile.models) and "unet" not in {s.name for s in profile.models}:
         raise QpeError("a study with cascade-flow needs a model named 'unet' (its frozen mean)")
     seconds: dict[str, float] = {}
-    first = [s for s in specs if s.kind != "cascade-flow"]
-    later = [s for s in specs if s.kind == "cascade-flow"]
-    for group in (first, later):
+    first = [s for s in specs if s.kind == "unet"]  # the cascade's frozen mean comes first
+    for group in (first, [s for s in specs if s.kind != "unet"]):
         if profile.parallel > 1 and len(group) > 1:
             _train_parallel(profile, group, archive, out, seconds)
             continue

@@ -122,6 +122,7 @@ def test_demo_runs_a_nowcast_cycle(tmp_path):
                   env={"PREFECT_HOME": str(tmp_path / "prefect")})
     assert res.returncode == 0, res.stderr[-3000:]
     assert "status" in res.stdout and "done" in res.stdout
+    assert "ensemble vs the simulated truth" in res.stdout and "FSS at 1 mm/h, 24 km" in res.stdout
     assert (tmp_path / "products" / "france-3km.zarr").is_dir()
     tifs = list((tmp_path / "products").rglob("*.tif"))
     assert len(tifs) == 6 and list((tmp_path / "products").rglob("*.png"))

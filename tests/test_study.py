@@ -29,7 +29,7 @@ def test_tiny_study_writes_report_with_every_model_and_the_mission_checks(tiny_s
         assert json.loads((out / "ck" / name / "card.json").read_text())["steps"] == PROFILES["tiny"].steps
     report = (out / "report" / "report.md").read_text()
     assert "## Mission checks" in report and "### cascade-flow (default)" in report
-    assert set(metrics["mission"]) == {"ddpm", "flow", "residual-flow", "cascade-flow"}  # the ensembles
+    assert set(metrics["mission"]) == {"cascade-flow", "flow", "ddpm", "residual-flow"}  # the ensembles
     checks = metrics["mission"]["cascade-flow"]["checks"]
     assert [c["check"] for c in checks] == ["fss_mean", "fss_member", "realism", "maximum", "spectrum",
                                             "spread_skill", "crps", "cost"]
