@@ -122,18 +122,33 @@ def simulate_stage(profile: StudyProfile, url: str, progress: Progress | None = 
     arc = Archive.open(url, "a") if (Path(url) / "zarr.json").exists() else \
         Archive.create(url, profile.area, list(Settings().channels), origin=first)
     done = set(arc.times("bt")) & set(arc.times("rain"))
-    out = {}
-    for i, seg in enumerate(segs):
-        times = slot_range(seg.start, seg.periods, arc.slot_minutes)
-        if all(t in done for t in times):
-            out[seg.start] = "complete"
-            continue
-        if progress:
-            progress("simulate", i, len(segs), seg.start)
-        out[seg.start] = simulate_to_archive(arc, seg.start, seg.periods, seg.seed)
+    todo = [seg for seg in segs if not all(t in done for t in slot_range(seg.start, seg.periods, arc.slot_minutes))]
+    out = {seg.start: "complete" for seg in segs if seg not in todo}
+    if todo:
+        last = max(slot_range(seg.start, seg.periods, arc.slot_minutes)[-1] for seg in todo)
+        arc.ensure_range(min(pd.Timestamp(seg.start) for seg in todo), last)  # before parallel writers
+    if profile.parallel > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(profile.parallel * 4, mp_context=mp.get_context("spawn")) as pool:
+            for seg, res in zip(todo, pool.map(_simulate_one, [url] * len(todo), todo)):
+                out[seg.start] = res
+    else:
+        for i, seg in enumerate(todo):
+            if progress:
+                progress("simulate", i, len(todo), seg.start)
+            out[seg.start] = simulate_to_archive(arc, seg.start, seg.periods, seg.seed)
     if progress:
-        progress("simulate", len(segs), len(segs), "")
+        progress("simulate", len(todo), len(todo), "")
     return out
+
+
+def _simulate_one(url: str, seg: Segment) -> dict:
+    from qpe_core.archive import Archive
+    from qpe_core.simulate_archive import simulate_to_archive
+
+    return simulate_to_archive(Archive.open(url, "a"), seg.start, seg.periods, seg.seed)
 
 
 def _train_config(profile: StudyProfile, spec: ModelSpec, archive: str, out: Path):

@@ -107,3 +107,19 @@ def test_mission_checks_hold_and_fail_on_their_targets():
     assert [c["held"] for c in bad] == [False] * 8
     assert TARGETS["crps_vs_mae"] * 0.5 < 0.43  # the CRPS line failed on its target, not by accident
     assert mission_checks(_summary(), None, extra, None)[0]["held"] is None  # no U-Net: not checkable
+
+
+def test_parallel_simulation_writes_the_same_archive_as_sequential(tmp_path):
+    from qpe_core.archive import Archive
+    from qpe_core.study import Segment, simulate_stage
+
+    segs = [Segment(start="2024-06-01T00:00Z", periods=8, seed=3), Segment(start="2024-06-01T03:00Z", periods=8, seed=4)]
+    prof = PROFILES["tiny"].model_copy(update={"train_segments": segs[:1], "eval_segments": segs[1:]})
+    simulate_stage(prof, str(tmp_path / "seq.zarr"))
+    res = simulate_stage(prof.model_copy(update={"parallel": 2}), str(tmp_path / "par.zarr"))
+    assert all(isinstance(v, dict) and v["slots"] == 8 for v in res.values())
+    a, b = Archive.open(str(tmp_path / "seq.zarr")), Archive.open(str(tmp_path / "par.zarr"))
+    assert list(a.times("rain")) == list(b.times("rain")) and len(a.times("rain")) == 16
+    for t in a.times("rain")[::5]:
+        np.testing.assert_array_equal(a.read_rain(t), b.read_rain(t))
+    assert simulate_stage(prof, str(tmp_path / "seq.zarr")) == {s.start: "complete" for s in segs}  # resumes

@@ -17,7 +17,7 @@ import torch
 from qpe_core.grids import get_spec
 from qpe_core.models import build_networks, make_objective
 
-DEFAULT_STEPS = {"ddpm": 20, "flow": 8, "residual-flow": 4, "unet": 1}
+DEFAULT_STEPS = {"ddpm": 20, "flow": 8, "residual-flow": 4, "cascade-flow": 4, "unet": 1}
 
 
 class PeakRSS:
