@@ -113,3 +113,28 @@ def test_preloaded_patches_equal_store_reads(archive):
     for t in (times[2], times[-3], times[0]):  # the last lies outside memory: read from the store
         for a, b in zip(store.read(t, 40, 100), mem.read(t, 40, 100)):
             assert torch.equal(a, b)
+
+
+def test_residual_scale_follows_the_mean_on_held_out_data():
+    """Residual RMS 0.05 where the mean says dry (-1.5) and 1.0 where it says rain (+1): the knots find both."""
+    g = gen(5)
+    wet = torch.rand(4, 1, 32, 32, generator=g) > 0.5
+    m = torch.where(wet, torch.tensor(1.0), torch.tensor(-1.5))
+    y = m + torch.where(wet, torch.tensor(1.0), torch.tensor(0.05)) * torch.randn(4, 1, 32, 32, generator=g)
+    obj = CascadeFlow(scale_bins=8)
+    obj.fit_residual_std({"mean": ConstantField(m)}, torch.zeros(4, 2, 32, 32), y)
+    assert obj.scale_knots[0][0] == pytest.approx(-1.5) and obj.scale_knots[-1][0] == pytest.approx(1.0)
+    s = obj.scale(torch.tensor([-1.5, 1.0, -0.25, 3.0]))
+    assert s[0] == pytest.approx(0.05, rel=0.15) and s[1] == pytest.approx(1.0, rel=0.1)
+    s = s.tolist()
+    assert s[2] == pytest.approx((s[0] + s[1]) / 2, rel=1e-4) and s[3] == s[1]  # linear between, flat beyond
+    assert make_objective(**obj.config()).config() == obj.config()
+
+
+class ConstantField(torch.nn.Module):
+    def __init__(self, field):
+        super().__init__()
+        self.field = field
+
+    def forward(self, x, t):
+        return self.field[: x.shape[0]]

@@ -6,13 +6,18 @@ The two-stage design of CorrDiff (Mardani et al. 2024, NVIDIA physicsnemo) and C
 1. ``mean`` = ``UNet(C, 1)``, a :class:`~qpe_core.models.objectives.Regression` trained first (the
    study's own U-Net baseline, or one trained on the spot by :func:`qpe_core.training.train.train`)
    and **frozen**: it gives the placement, ``m = E[y | cond]`` in transformed rain units;
-2. ``flow`` = ``UNet(C + 2, 1)`` on ``cat(cond, m, x_t)`` learns the residual ``u = (y - m) /
-   residual_std`` by conditional flow matching from ``x_0 ~ N(0, sigma0^2)``; it gives the texture,
-   the spread and the tail. ``residual_std`` is one number, the residual std of the frozen mean on
-   the **held-out** validation patches (:meth:`fit_residual_std`): a network's training residuals
-   are smaller than its errors on new data (SFM / CorrDiff++), which would starve the spread.
+2. ``flow`` = ``UNet(C + 2, 1)`` on ``cat(cond, m, x_t)`` learns the normalised residual
+   ``u = (y - m) / s(m)`` by conditional flow matching from ``x_0 ~ N(0, sigma0^2)``; it gives the
+   texture, the spread and the tail. ``s(m)`` is the RMS residual of the frozen mean as a function of
+   the mean itself, measured on the **held-out** validation patches (:meth:`fit_residual_scale`):
+   piecewise linear between ``scale_knots`` (mean value, RMS) at quantile bins of ``m``, floored at
+   ``scale_floor``. Held-out, because a network's training residuals are smaller than its errors on
+   new data (SFM / CorrDiff++), which starves the spread; per pixel, because the residual is near
+   zero where rain is certain to be absent and large in convection, so that ``u`` has about unit
+   variance everywhere and the flow's paths from unit noise are nearly straight (few steps).
+   Without knots ``s = residual_std``, one number.
 
-The ensemble is ``y = m + residual_std * u``. Sampling integrates the whole flow, t = 0 -> 1, with
+The ensemble is ``y = m + s(m) u``. Sampling integrates the whole flow, t = 0 -> 1, with
 Heun (default 4 steps: 7 evaluations per member plus one shared mean evaluation); the residual's
 paths are short and nearly straight because the mean has taken out the predictable part.
 
@@ -37,10 +42,13 @@ class CascadeFlow(FlowMatching):
     frozen = ("mean",)  # networks loaded from a trained U-Net and not optimised
 
     def __init__(self, sigma0: float = 1.0, residual_std: float = 1.0, cond_dropout: float = 0.0,
-                 guidance: float = 1.0):
+                 guidance: float = 1.0, scale_knots: list | None = None, scale_floor: float = 0.05,
+                 scale_bins: int = 24):
         super().__init__(sigma0, sigma_data=1.0)
         if not residual_std > 0:
             raise ValueError(f"residual_std must be > 0, got {residual_std}")
+        self.scale_knots = None if scale_knots is None else [[float(a), float(b)] for a, b in scale_knots]
+        self.scale_floor, self.scale_bins = float(scale_floor), int(scale_bins)
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.residual_std, self.cond_dropout, self.guidance = float(residual_std), float(cond_dropout), float(guidance)
@@ -54,11 +62,39 @@ class CascadeFlow(FlowMatching):
         return _call(nets["mean"], cond, 0.0, chunk)[:, :1].float()
 
     def fit_residual_std(self, nets, cond, target, mask=None) -> float:
-        """Set and return ``residual_std`` = RMS of ``y - m`` over the valid pixels of held-out patches."""
-        y, m = _valid(target, mask)
-        r = (y - self.mean(nets, cond).to(y)) * m
-        self.residual_std = max(float((r.pow(2).sum() / m.sum().clamp(min=1.0)).sqrt()), 1e-3)
+        """Set ``residual_std`` (RMS of ``y - m``) and ``scale_knots`` (RMS per quantile bin of ``m``, at
+        the bin's mean ``m``) from the valid pixels of held-out patches; returns ``residual_std``."""
+        y, valid = _valid(target, mask)
+        mean = self.mean(nets, cond).to(y)
+        ok = valid.bool()
+        mv, r2 = mean[ok].double(), ((y - mean)[ok].double()) ** 2
+        self.residual_std = max(float(r2.mean().sqrt()), 1e-3) if r2.numel() else 1.0
+        if self.scale_bins > 1 and r2.numel() >= 10 * self.scale_bins:
+            order = torch.argsort(mv)
+            knots = []
+            for part in torch.tensor_split(order, self.scale_bins):
+                knots.append([float(mv[part].mean()), max(float(r2[part].mean().sqrt()), self.scale_floor)])
+            merged = [knots[0]]
+            for k in knots[1:]:  # bins of equal mean (e.g. many certain-dry pixels) become one knot
+                if k[0] - merged[-1][0] > 1e-6:
+                    merged.append(k)
+                else:
+                    merged[-1][1] = max(merged[-1][1], k[1])
+            self.scale_knots = merged
         return self.residual_std
+
+    def scale(self, mean: torch.Tensor) -> torch.Tensor:
+        """Residual scale ``s(m)`` (transformed units), same shape as ``mean``."""
+        if not self.scale_knots:
+            return torch.full_like(mean, self.residual_std)
+        kx = torch.tensor([k[0] for k in self.scale_knots], dtype=mean.dtype, device=mean.device)
+        ky = torch.tensor([k[1] for k in self.scale_knots], dtype=mean.dtype, device=mean.device)
+        if len(kx) == 1:
+            return torch.full_like(mean, float(ky[0]))
+        m = mean.clamp(kx[0], kx[-1])
+        i = torch.searchsorted(kx, m.contiguous()).clamp(1, len(kx) - 1)
+        x0, x1, y0, y1 = kx[i - 1], kx[i], ky[i - 1], ky[i]
+        return y0 + (y1 - y0) * (m - x0) / (x1 - x0)
 
     def loss(self, nets, cond, target, mask=None, generator=None):
         y, m = _valid(target, mask)
@@ -68,7 +104,7 @@ class CascadeFlow(FlowMatching):
             dev = generator.device if generator is not None else y.device
             keep = torch.rand(y.shape[0], generator=generator, device=dev).to(y.device) >= self.cond_dropout
             inputs = inputs * keep.view(-1, 1, 1, 1).to(inputs)
-        u = (y - mean) / self.residual_std
+        u = (y - mean) / self.scale(mean)
         l_flow = self._fm_loss(nets["flow"], inputs, u, m, generator)
         with torch.no_grad():
             l_mean = masked_mse(mean, y, m)
@@ -92,7 +128,7 @@ class CascadeFlow(FlowMatching):
 
             integrate = {"euler": S.euler, "heun": S.heun, "midpoint": S.midpoint}[sampler]
             u = integrate(velocity, x, 0.0, 1.0, steps)
-            y = mean + self.residual_std * u
+            y = mean + self.scale(mean) * u
         return y.reshape(cond.shape[0], members, *cond.shape[-2:])
 
     def evals_per_member(self, steps=None, sampler=None):
@@ -105,4 +141,5 @@ class CascadeFlow(FlowMatching):
 
     def config(self):
         return {"kind": self.kind, "sigma0": self.sigma0, "residual_std": self.residual_std,
-                "cond_dropout": self.cond_dropout, "guidance": self.guidance}
+                "cond_dropout": self.cond_dropout, "guidance": self.guidance, "scale_knots": self.scale_knots,
+                "scale_floor": self.scale_floor, "scale_bins": self.scale_bins}
