@@ -124,11 +124,12 @@ def test_residual_scale_follows_the_mean_on_held_out_data():
     obj = CascadeFlow(scale_bins=8)
     obj.fit_residual_std({"mean": ConstantField(m)}, torch.zeros(4, 2, 32, 32), y)
     assert obj.scale_knots[0][0] == pytest.approx(-1.5) and obj.scale_knots[-1][0] == pytest.approx(1.0)
-    s = obj.scale(torch.tensor([-1.5, 1.0, -0.25, 3.0]))
+    s = obj.scale(torch.tensor([-1.5, 1.0])).tolist()
     assert s[0] == pytest.approx(0.05, rel=0.15) and s[1] == pytest.approx(1.0, rel=0.1)
-    s = s.tolist()
-    assert s[2] == pytest.approx((s[0] + s[1]) / 2, rel=1e-4) and s[3] == s[1]  # linear between, flat beyond
     assert make_objective(**obj.config()).config() == obj.config()
+    fixed = CascadeFlow(scale_knots=[[-1.5, 0.1], [0.5, 0.9], [2.0, 1.2]])
+    s = fixed.scale(torch.tensor([-3.0, -1.5, -0.5, 0.5, 1.25, 4.0])).tolist()
+    assert s == pytest.approx([0.1, 0.1, 0.5, 0.9, 1.05, 1.2])  # linear between knots, flat beyond
 
 
 class ConstantField(torch.nn.Module):

@@ -71,15 +71,14 @@ class CascadeFlow(FlowMatching):
         self.residual_std = max(float(r2.mean().sqrt()), 1e-3) if r2.numel() else 1.0
         if self.scale_bins > 1 and r2.numel() >= 10 * self.scale_bins:
             order = torch.argsort(mv)
-            knots = []
-            for part in torch.tensor_split(order, self.scale_bins):
-                knots.append([float(mv[part].mean()), max(float(r2[part].mean().sqrt()), self.scale_floor)])
-            merged = [knots[0]]
-            for k in knots[1:]:  # bins of equal mean (e.g. many certain-dry pixels) become one knot
-                if k[0] - merged[-1][0] > 1e-6:
-                    merged.append(k)
+            bins = [(float(mv[p].mean()), float(r2[p].sum()), len(p)) for p in torch.tensor_split(order, self.scale_bins)]
+            merged = [list(bins[0])]
+            for b in bins[1:]:  # bins of equal mean (e.g. many certain-dry pixels) are pooled
+                if b[0] - merged[-1][0] > 1e-6:
+                    merged.append(list(b))
                 else:
-                    merged[-1][1] = max(merged[-1][1], k[1])
+                    merged[-1][1:] = [merged[-1][1] + b[1], merged[-1][2] + b[2]]
+            merged = [[m, max((s2 / n) ** 0.5, self.scale_floor)] for m, s2, n in merged]
             self.scale_knots = merged
         return self.residual_std
 
