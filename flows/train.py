@@ -57,7 +57,7 @@ def train_task(tcfg: dict) -> dict:
 
 
 @flow(name="train", log_prints=True)
-def train(archive: str, out: str, model: str = "residual-flow", start: str | None = None, end: str | None = None,
+def train(archive: str, out: str, model: str = "cascade-flow", start: str | None = None, end: str | None = None,
           radar_files: list[str] | None = None, max_steps: int = 2000, patch: int = 128, batch_size: int = 8,
           lags: list[int] | None = None, device: str = "cpu", seed: int = 0, lr: float = 2e-4,
           ema_decay: float = 0.999, backbone: dict | None = None, options: dict | None = None) -> dict:

@@ -197,7 +197,7 @@ def archive_stack(url: Annotated[str, typer.Argument(help="archive cube path or 
 @app.command("train")
 def train_cmd(
     archive: Annotated[str, typer.Option(help="archive cube path or s3:// URL")],
-    model: Annotated[str, typer.Option(help="unet | ddpm | flow | residual-flow")] = "residual-flow",
+    model: Annotated[str, typer.Option(help="cascade-flow (the product: a U-Net first, then a flow on its residual) | unet | ddpm | flow | residual-flow")] = "cascade-flow",
     out_dir: Annotated[Path, typer.Option("--out", help="checkpoint directory")] = Path("data/checkpoints/model"),
     max_steps: Annotated[int, typer.Option(help="optimiser steps")] = 2000,
     patch: Annotated[int, typer.Option(help="training patch side, pixels")] = 128,
@@ -209,6 +209,8 @@ def train_cmd(
     ema_decay: Annotated[float, typer.Option(help="EMA decay of the weights")] = 0.999,
     start: Annotated[Optional[str], typer.Option(help="first valid time used, ISO UTC")] = None,
     end: Annotated[Optional[str], typer.Option(help="last valid time used, ISO UTC")] = None,
+    mean_checkpoint: Annotated[Optional[str], typer.Option(
+        help="cascade-flow: the trained unet checkpoint to freeze (default: train one first into OUT/mean)")] = None,
 ):
     """Train a model on the archive (resumes from OUT if it holds a checkpoint)."""
     from qpe_core.training.train import TrainConfig, train
@@ -216,7 +218,7 @@ def train_cmd(
     cfg = settings(lags=lags)
     tcfg = TrainConfig(archive=archive, kind=model, out=str(out_dir), max_steps=max_steps, patch=patch,
                        batch_size=batch_size, lags=cfg.lags, device=device, seed=seed, start=start, end=end,
-                       lr=lr, ema_decay=ema_decay,
+                       lr=lr, ema_decay=ema_decay, mean_checkpoint=mean_checkpoint,
                        min_radar_coverage=cfg.min_radar_coverage)
     bar = Progress(TextColumn("[bold]train " + model), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[label]}"), console=err)

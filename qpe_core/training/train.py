@@ -34,7 +34,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     archive: str
-    kind: str = "residual-flow"
+    kind: str = "cascade-flow"
     objective: dict = Field(default_factory=dict)  # keyword arguments of make_objective (e.g. guidance)
     # cascade-flow: the frozen U-Net checkpoint it builds on; None = train one first into OUT/mean
     mean_checkpoint: str | None = None
@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     transform = RainTransform()
     sampler = PatchSampler(archive, cfg.lags, channels, BTNormalizer([0.0] * len(channels), [1.0] * len(channels)),
                            transform, cfg.patch)
-    mean = _frozen_mean(cfg, channels) if getattr(make_objective(cfg.kind), "frozen", ()) else None
+    mean = _frozen_mean(cfg, channels, progress) if getattr(make_objective(cfg.kind), "frozen", ()) else None
     sampler.normalizer = mean.normalizer if mean else _fit_normalizer(sampler, train_t)
     if cfg.preload:
         sampler.preload(train_t)
@@ -204,7 +204,7 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     return card
 
 
-def _frozen_mean(cfg: TrainConfig, channels):
+def _frozen_mean(cfg: TrainConfig, channels, progress=None):
     """The trained U-Net a cascade objective freezes: ``cfg.mean_checkpoint``, or one trained first
     into ``OUT/mean`` with the same data, budget and seed (resumable like any run)."""
     from qpe_core.errors import QpeError
@@ -215,7 +215,7 @@ def _frozen_mean(cfg: TrainConfig, channels):
         path = str(Path(cfg.out) / "mean")
         card = Path(path) / "card.json"
         if not card.is_file() or json.loads(card.read_text()).get("steps") != cfg.max_steps:
-            train(cfg.model_copy(update={"kind": "unet", "out": path, "objective": {}}))
+            train(cfg.model_copy(update={"kind": "unet", "out": path, "objective": {}}), progress)
     mean = load_checkpoint(path, "cpu")
     if mean.card["kind"] != "unet":
         raise QpeError(f"{cfg.kind} needs a unet checkpoint as its mean, {path} is a {mean.card['kind']}")
