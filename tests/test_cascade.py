@@ -121,7 +121,7 @@ def test_residual_scale_follows_the_mean_on_held_out_data():
     wet = torch.rand(4, 1, 32, 32, generator=g) > 0.5
     m = torch.where(wet, torch.tensor(1.0), torch.tensor(-1.5))
     y = m + torch.where(wet, torch.tensor(1.0), torch.tensor(0.05)) * torch.randn(4, 1, 32, 32, generator=g)
-    obj = CascadeFlow(scale_bins=8)
+    obj = CascadeFlow(scale_bins=8, scale_floor=0.05)
     obj.fit_residual_std({"mean": ConstantField(m)}, torch.zeros(4, 2, 32, 32), y)
     assert obj.scale_knots[0][0] == pytest.approx(-1.5) and obj.scale_knots[-1][0] == pytest.approx(1.0)
     s = obj.scale(torch.tensor([-1.5, 1.0])).tolist()
