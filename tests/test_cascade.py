@@ -139,3 +139,19 @@ class ConstantField(torch.nn.Module):
 
     def forward(self, x, t):
         return self.field[: x.shape[0]]
+
+
+def test_sampled_residual_stays_in_the_held_out_range():
+    g = gen(6)
+    m = torch.full((8, 1, 128, 128), -1.5)
+    y = m + 0.25 * torch.randn(8, 1, 128, 128, generator=g)  # 131k held-out pixels, u ~ N(0, 1)
+    obj = CascadeFlow(scale_bins=1, residual_std=1.0)
+    obj.fit_residual_std({"mean": ConstantField(m)}, torch.zeros(8, 2, 128, 128), y)
+    lo, hi = obj.u_clip
+    assert -4.5 < lo < -3.0 and 3.0 < hi < 4.5  # the 1e-4 quantiles of a standard normal: +-3.7
+    wild = {"mean": ConstantField(m), "flow": OracleGaussianFlow(0.0, 30.0)}  # a flow gone astray
+    out = obj.sample(wild, torch.zeros(1, 2, 128, 128), members=2, steps=4, generator=gen(7))
+    u = (out + 1.5) / obj.residual_std
+    assert u.min() >= lo - 1e-5 and u.max() <= hi + 1e-5
+    assert CascadeFlow(clip_quantile=0).fit_residual_std({"mean": ConstantField(m)}, torch.zeros(8, 2, 128, 128), y) \
+        and CascadeFlow(clip_quantile=0).u_clip is None
