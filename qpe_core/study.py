@@ -268,6 +268,13 @@ def draw_ensembles(ckpt: Path, archive: str, times, members: int, window, device
     return np.stack(fields), (time.perf_counter() - t0) / max(len(times), 1)
 
 
+def _card_digest(ckpt: Path) -> str:
+    """SHA-256 of a checkpoint's card (it changes with every save: steps, objective, validation)."""
+    import hashlib
+
+    return hashlib.sha256((ckpt / "card.json").read_bytes()).hexdigest()
+
+
 def _save_npz(path: Path, **arrays) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
@@ -293,12 +300,15 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
                                                                                          len(times))).astype(int)])]
     for i, (name, steps, tt) in enumerate(jobs):
         path = ens / (f"{name}.npz" if steps is None else f"{name}@{steps}.npz")
-        if path.is_file() and list(np.load(path)["times"]) == [iso(t) for t in tt]:
-            continue
+        card = _card_digest(out / "ck" / name)
+        if path.is_file():
+            with np.load(path) as z:  # drawn from this very checkpoint on these very cases
+                if list(z["times"]) == [iso(t) for t in tt] and "card" in z.files and str(z["card"]) == card:
+                    continue
         if progress:
             progress("draw", i, len(jobs), path.stem)
         rain, sec = draw_ensembles(out / "ck" / name, archive, tt, profile.members, window, profile.device, steps)
-        _save_npz(path, times=np.array([iso(t) for t in tt]), rain=rain, seconds_per_case=sec)
+        _save_npz(path, times=np.array([iso(t) for t in tt]), rain=rain, seconds_per_case=sec, card=np.array(card))
     if progress:
         progress("draw", len(jobs), len(jobs), "")
 

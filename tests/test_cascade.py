@@ -143,15 +143,19 @@ class ConstantField(torch.nn.Module):
 
 def test_sampled_residual_stays_in_the_held_out_range():
     g = gen(6)
-    m = torch.full((8, 1, 128, 128), -1.5)
-    y = m + 0.25 * torch.randn(8, 1, 128, 128, generator=g)  # 131k held-out pixels, u ~ N(0, 1)
-    obj = CascadeFlow(scale_bins=1, residual_std=1.0)
-    obj.fit_residual_std({"mean": ConstantField(m)}, torch.zeros(8, 2, 128, 128), y)
-    lo, hi = obj.u_clip
-    assert -4.5 < lo < -3.0 and 3.0 < hi < 4.5  # the 1e-4 quantiles of a standard normal: +-3.7
-    wild = {"mean": ConstantField(m), "flow": OracleGaussianFlow(0.0, 30.0)}  # a flow gone astray
-    out = obj.sample(wild, torch.zeros(1, 2, 128, 128), members=2, steps=4, generator=gen(7))
-    u = (out + 1.5) / obj.residual_std
-    assert u.min() >= lo - 1e-5 and u.max() <= hi + 1e-5
-    assert CascadeFlow(clip_quantile=0).fit_residual_std({"mean": ConstantField(m)}, torch.zeros(8, 2, 128, 128), y) \
-        and CascadeFlow(clip_quantile=0).u_clip is None
+    m = torch.where(torch.rand(8, 1, 64, 64, generator=g) > 0.5, torch.tensor(1.0), torch.tensor(-1.5))
+    y = m + torch.where(m > 0, 0.8, 0.25) * torch.randn(8, 1, 64, 64, generator=g)  # u ~ N(0, 1) in both
+    obj = CascadeFlow(scale_bins=4, scale_floor=0.05)
+    obj.fit_residual_std({"mean": ConstantField(m)}, torch.zeros(8, 2, 64, 64), y)
+    assert [k[0] for k in obj.clip_knots] == [k[0] for k in obj.scale_knots]
+    assert obj.clip_knots[0][0] == -1.5 and obj.clip_knots[-1][0] == 1.0
+    for _, lo, hi in obj.clip_knots:  # min and max of ~16k standard normal draws
+        assert -5.0 < lo < -3.0 and 3.0 < hi < 5.0
+    wild = {"mean": ConstantField(m[:1]), "flow": OracleGaussianFlow(0.0, 30.0)}  # a flow gone astray
+    out = obj.sample(wild, torch.zeros(1, 2, 64, 64), members=2, steps=4, generator=gen(7))
+    u = (out - m[:1]) / obj.scale(m[:1])
+    lo, hi = min(k[1] for k in obj.clip_knots), max(k[2] for k in obj.clip_knots)
+    assert u.min() >= lo - 1e-4 and u.max() <= hi + 1e-4 and u.abs().max() > 3.0
+    off = CascadeFlow(scale_bins=4, clip=False)
+    off.fit_residual_std({"mean": ConstantField(m)}, torch.zeros(8, 2, 64, 64), y)
+    assert off.clip_knots is None and make_objective(**obj.config()).config() == obj.config()

@@ -123,3 +123,14 @@ def test_parallel_simulation_writes_the_same_archive_as_sequential(tmp_path):
     for t in a.times("rain")[::5]:
         np.testing.assert_array_equal(a.read_rain(t), b.read_rain(t))
     assert simulate_stage(prof, str(tmp_path / "seq.zarr")) == {s.start: "complete" for s in segs}  # resumes
+
+
+def test_a_retrained_model_is_drawn_again(tiny_study):
+    out, _ = tiny_study
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "ensembles").glob("*.npz")}
+    card = out / "ck" / "flow" / "card.json"
+    card.write_text(card.read_text() + "\n")  # as a new save of that checkpoint would change it
+    run_study(PROFILES["tiny"], out)
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "ensembles").glob("*.npz")}
+    assert after["flow.npz"] != before["flow.npz"]
+    assert all(after[n] == before[n] for n in before if n != "flow.npz")

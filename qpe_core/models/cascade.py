@@ -19,10 +19,10 @@ The two-stage design of CorrDiff (Mardani et al. 2024, NVIDIA physicsnemo) and C
    variance everywhere and the flow's paths from unit noise are nearly straight (few steps).
    Without knots ``s = residual_std``, one number.
 
-The ensemble is ``y = m + s(m) u``, with ``u`` kept inside the range of the held-out normalised
-residual (``u_clip``: its ``clip_quantile`` and ``1 - clip_quantile`` quantiles, 1e-4): an
-under-trained flow drew isolated pixels with ``u`` ~ 20 where the mean said dry (100-300 mm/h next
-to dry neighbours, measured), values no held-out residual comes near. Sampling integrates the whole flow, t = 0 -> 1, with
+The ensemble is ``y = m + s(m) u``, with ``u`` kept inside the range the held-out normalised residual
+had at the same mean value (``clip_knots``: its minimum and maximum per quantile bin of ``m``): an
+under-trained flow drew isolated pixels of 100-300 mm/h next to dry neighbours where the mean said
+~0 mm/h (measured), values no held-out residual comes near. Sampling integrates the whole flow, t = 0 -> 1, with
 Heun (default 4 steps: 7 evaluations per member plus one shared mean evaluation); the residual's
 paths are short and nearly straight because the mean has taken out the predictable part.
 
@@ -39,6 +39,29 @@ from qpe_core.models import samplers as S
 from qpe_core.models.objectives import FlowMatching, _call, _f, _inference, _valid, masked_mse
 
 
+def _pool(bins: list[tuple], merge) -> list[list[float]]:
+    """Bins ``(mean value, *stats)`` in increasing order; bins of equal mean value (e.g. many
+    certain-dry pixels) are pooled with ``merge(stats_a, stats_b)``."""
+    out = [list(bins[0])]
+    for b in bins[1:]:
+        if b[0] - out[-1][0] > 1e-6:
+            out.append(list(b))
+        else:
+            out[-1][1:] = merge(tuple(out[-1][1:]), tuple(b[1:]))
+    return out
+
+
+def _interp(x: torch.Tensor, kx: list[float], ky: list[float]) -> torch.Tensor:
+    """Piecewise-linear ``ky(kx)`` at ``x`` (flat beyond the end knots), same shape as ``x``."""
+    if len(kx) == 1:
+        return torch.full_like(x, float(ky[0]))
+    tx = torch.tensor(kx, dtype=x.dtype, device=x.device)
+    ty = torch.tensor(ky, dtype=x.dtype, device=x.device)
+    xc = x.clamp(tx[0], tx[-1])
+    i = torch.searchsorted(tx, xc.contiguous()).clamp(1, len(tx) - 1)
+    return ty[i - 1] + (ty[i] - ty[i - 1]) * (xc - tx[i - 1]) / (tx[i] - tx[i - 1])
+
+
 class CascadeFlow(FlowMatching):
     """Frozen regression mean + flow matching on the normalised residual (module docstring)."""
 
@@ -48,14 +71,14 @@ class CascadeFlow(FlowMatching):
 
     def __init__(self, sigma0: float = 1.0, residual_std: float = 1.0, cond_dropout: float = 0.0,
                  guidance: float = 1.0, scale_knots: list | None = None, scale_floor: float = 0.25,
-                 scale_bins: int = 24, u_clip: list | None = None, clip_quantile: float = 1e-4):
+                 scale_bins: int = 24, clip_knots: list | None = None, clip: bool = True):
         super().__init__(sigma0, sigma_data=1.0)
         if not residual_std > 0:
             raise ValueError(f"residual_std must be > 0, got {residual_std}")
         self.scale_knots = None if scale_knots is None else [[float(a), float(b)] for a, b in scale_knots]
         self.scale_floor, self.scale_bins = float(scale_floor), int(scale_bins)
-        self.u_clip = None if u_clip is None else [float(u_clip[0]), float(u_clip[1])]
-        self.clip_quantile = float(clip_quantile)
+        self.clip_knots = None if clip_knots is None else [[float(v) for v in k] for k in clip_knots]
+        self.clip = bool(clip)
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.residual_std, self.cond_dropout, self.guidance = float(residual_std), float(cond_dropout), float(guidance)
@@ -77,33 +100,28 @@ class CascadeFlow(FlowMatching):
         mv, r2 = mean[ok].double(), ((y - mean)[ok].double()) ** 2
         self.residual_std = max(float(r2.mean().sqrt()), 1e-3) if r2.numel() else 1.0
         if self.scale_bins > 1 and r2.numel() >= 10 * self.scale_bins:
-            order = torch.argsort(mv)
-            bins = [(float(mv[p].mean()), float(r2[p].sum()), len(p)) for p in torch.tensor_split(order, self.scale_bins)]
-            merged = [list(bins[0])]
-            for b in bins[1:]:  # bins of equal mean (e.g. many certain-dry pixels) are pooled
-                if b[0] - merged[-1][0] > 1e-6:
-                    merged.append(list(b))
-                else:
-                    merged[-1][1:] = [merged[-1][1] + b[1], merged[-1][2] + b[2]]
-            merged = [[m, max((s2 / n) ** 0.5, self.scale_floor)] for m, s2, n in merged]
-            self.scale_knots = merged
-        if self.clip_quantile > 0 and r2.numel() >= 10 / self.clip_quantile:
-            u = ((y - mean) / self.scale(mean))[ok].double()
-            self.u_clip = [float(torch.quantile(u, self.clip_quantile)), float(torch.quantile(u, 1 - self.clip_quantile))]
+            parts = torch.tensor_split(torch.argsort(mv), self.scale_bins)
+            self.scale_knots = [[m, max((s2 / n) ** 0.5, self.scale_floor)] for m, s2, n in _pool(
+                [(float(mv[p].mean()), float(r2[p].sum()), len(p)) for p in parts], lambda a, b: (a[0] + b[0], a[1] + b[1]))]
+            if self.clip:
+                u = ((y - mean) / self.scale(mean))[ok].double()
+                self.clip_knots = _pool([(float(mv[p].mean()), float(u[p].min()), float(u[p].max())) for p in parts],
+                                        lambda a, b: (min(a[0], b[0]), max(a[1], b[1])))
         return self.residual_std
 
     def scale(self, mean: torch.Tensor) -> torch.Tensor:
         """Residual scale ``s(m)`` (transformed units), same shape as ``mean``."""
         if not self.scale_knots:
             return torch.full_like(mean, self.residual_std)
-        kx = torch.tensor([k[0] for k in self.scale_knots], dtype=mean.dtype, device=mean.device)
-        ky = torch.tensor([k[1] for k in self.scale_knots], dtype=mean.dtype, device=mean.device)
-        if len(kx) == 1:
-            return torch.full_like(mean, float(ky[0]))
-        m = mean.clamp(kx[0], kx[-1])
-        i = torch.searchsorted(kx, m.contiguous()).clamp(1, len(kx) - 1)
-        x0, x1, y0, y1 = kx[i - 1], kx[i], ky[i - 1], ky[i]
-        return y0 + (y1 - y0) * (m - x0) / (x1 - x0)
+        return _interp(mean, [k[0] for k in self.scale_knots], [k[1] for k in self.scale_knots])
+
+    def clip_residual(self, u: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """``u`` kept inside the range the held-out normalised residual had at the same mean value."""
+        if not self.clip_knots:
+            return u
+        kx = [k[0] for k in self.clip_knots]
+        lo, hi = _interp(mean, kx, [k[1] for k in self.clip_knots]), _interp(mean, kx, [k[2] for k in self.clip_knots])
+        return torch.minimum(torch.maximum(u, lo), hi)
 
     def loss(self, nets, cond, target, mask=None, generator=None):
         y, m = _valid(target, mask)
@@ -137,8 +155,7 @@ class CascadeFlow(FlowMatching):
 
             integrate = {"euler": S.euler, "heun": S.heun, "midpoint": S.midpoint}[sampler]
             u = integrate(velocity, x, 0.0, 1.0, steps)
-            if self.u_clip:
-                u = u.clamp(*self.u_clip)
+            u = self.clip_residual(u, mean)
             y = mean + self.scale(mean) * u
         return y.reshape(cond.shape[0], members, *cond.shape[-2:])
 
@@ -153,5 +170,5 @@ class CascadeFlow(FlowMatching):
     def config(self):
         return {"kind": self.kind, "sigma0": self.sigma0, "residual_std": self.residual_std,
                 "cond_dropout": self.cond_dropout, "guidance": self.guidance, "scale_knots": self.scale_knots,
-                "scale_floor": self.scale_floor, "scale_bins": self.scale_bins, "u_clip": self.u_clip,
-                "clip_quantile": self.clip_quantile}
+                "scale_floor": self.scale_floor, "scale_bins": self.scale_bins, "clip_knots": self.clip_knots,
+                "clip": self.clip}
