@@ -20,16 +20,16 @@ def test_card_markdown_of_the_shipped_checkpoint():
     md = card_markdown(card)
     rows = dict(line.strip("|").split(" | ", 1) for line in md.splitlines()[4:])
     rows = {k.strip(): v.strip() for k, v in rows.items()}
-    assert rows["model kind"] == "residual-flow"
-    assert rows["backbone"].startswith("3,915,875 parameters; base_channels=32, channel_mults=1, 1, 2, 4")
+    assert rows["model kind"] == "cascade-flow"
+    assert rows["backbone"].startswith("1,112,738 parameters; base_channels=16, channel_mults=1, 1, 2, 4")
     assert rows["input channels"] == "32 = 4 lags × (7 channels + 1 mask)"
     assert rows["lags (min)"] == "0, -15, -30, -45" and "IR_108" in rows["channels"]
     assert rows["grid"].startswith("france-3km, 15-minute slots")
-    assert rows["training period"] == "2024-06-01T00:45Z .. 2024-06-24T23:45Z (1709 training slots)"
-    assert rows["steps"].startswith("1200 × 8 patches")
-    assert rows["validation loss (EMA)"] == "-1.2539 at step 1200"
+    assert rows["training period"] == "2024-06-01T00:45Z .. 2024-06-07T22:45Z (644 training slots)"
+    assert rows["steps"].startswith("3000 × 8 patches")
+    assert rows["validation loss (EMA)"] == "0.2545 at step 3000"
     assert rows["code version"] == "qpe-seviri 0.1.0, card v1"
-    assert md.startswith("### checkpoint residual-flow\n\n| item | value |\n|---|---|\n")
+    assert md.startswith("### checkpoint cascade-flow\n\n| item | value |\n|---|---|\n")
 
 
 def test_validation_scores_and_torn_log(tmp_path):
