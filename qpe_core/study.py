@@ -101,8 +101,8 @@ PROFILES: dict[str, StudyProfile] = {
                         eval_segments=_segments("2024-06-26T00:00Z", 2, 2, 191), steps=1500, batch_size=16,
                         patch=128, backbone={}, ema_decay=0.999, cases=24, window=None, members=8,
                         device="cuda", parallel=4, cost_cases=8),
-    # what the default's residual scale was chosen against (README "What was tried"): one global scale,
-    # and the per-mean scale with a 0.05 floor; same data, U-Net and budget as cpu
+    # what the default was chosen against (README "What was tried"): one global residual scale, the
+    # per-mean scale with a 0.05 floor, and no residual clip; same data, U-Net and budget as cpu
     "cpu-ablation": StudyProfile(name="cpu-ablation", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
                                  eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91), models=[
                                      ModelSpec(name="unet", kind="unet"),
@@ -110,7 +110,9 @@ PROFILES: dict[str, StudyProfile] = {
                                      ModelSpec(name="cascade-flow-global-scale", kind="cascade-flow",
                                                objective={"scale_bins": 1}),
                                      ModelSpec(name="cascade-flow-floor-0.05", kind="cascade-flow",
-                                               objective={"scale_floor": 0.05})]),
+                                               objective={"scale_floor": 0.05, "clip": False}),
+                                     ModelSpec(name="cascade-flow-no-clip", kind="cascade-flow",
+                                               objective={"clip": False})]),
     "tiny": StudyProfile(name="tiny", train_segments=[Segment(start="2024-06-01T00:00Z", periods=24, seed=1)],
                          eval_segments=[Segment(start="2024-06-01T07:00Z", periods=12, seed=2)], steps=4,
                          patch=32, backbone={"base_channels": 8, "channel_mults": (1, 2)}, members=3, cases=2,
