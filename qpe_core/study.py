@@ -271,10 +271,15 @@ def draw_ensembles(ckpt: Path, archive: str, times, members: int, window, device
 
 
 def _card_digest(ckpt: Path) -> str:
-    """SHA-256 of a checkpoint's card (it changes with every save: steps, objective, validation)."""
+    """SHA-256 of a checkpoint's card (it changes with every save: steps, objective, validation) and
+    the default sampler and steps of its kind (they live in the code)."""
     import hashlib
 
-    return hashlib.sha256((ckpt / "card.json").read_bytes()).hexdigest()
+    from qpe_core.models import make_objective
+
+    card = (ckpt / "card.json").read_bytes()
+    obj = make_objective(**json.loads(card)["objective"])
+    return hashlib.sha256(card + f"{obj.default_sampler}:{obj.default_steps}".encode()).hexdigest()
 
 
 def _save_npz(path: Path, **arrays) -> None:

@@ -19,12 +19,16 @@ The two-stage design of CorrDiff (Mardani et al. 2024, NVIDIA physicsnemo) and C
    variance everywhere and the flow's paths from unit noise are nearly straight (few steps).
    Without knots ``s = residual_std``, one number.
 
+Sampling integrates the flow from t = 0 to 1 with the explicit midpoint rule, 4 steps (8 evaluations
+per member): on the study's 6 cost-check cases it reproduces the 64-step solution's spread/skill
+(0.82 vs 0.85), spectrum and q99, where Heun with its last step plain Euler (EDM's choice for
+diffusion, 7 evaluations) lost a fifth of the spread (0.69) and of the small-scale power.
+
 The ensemble is ``y = m + s(m) u``, with ``u`` kept inside the range the held-out normalised residual
 had at the same mean value (``clip_knots``: its minimum and maximum per quantile bin of ``m``): an
 under-trained flow drew isolated pixels of 100-300 mm/h next to dry neighbours where the mean said
-~0 mm/h (measured), values no held-out residual comes near. Sampling integrates the whole flow, t = 0 -> 1, with
-Heun (default 4 steps: 7 evaluations per member plus one shared mean evaluation); the residual's
-paths are short and nearly straight because the mean has taken out the predictable part.
+~0 mm/h (measured), values no held-out residual comes near. One mean evaluation is shared by all
+members.
 
 ``guidance`` (classifier-free, CasCast): with ``cond_dropout`` > 0 the flow also learns the
 unconditional residual (``cond`` and ``m`` zeroed on a fraction of the batch); sampling with
@@ -65,7 +69,7 @@ def _interp(x: torch.Tensor, kx: list[float], ky: list[float]) -> torch.Tensor:
 class CascadeFlow(FlowMatching):
     """Frozen regression mean + flow matching on the normalised residual (module docstring)."""
 
-    kind, default_sampler, default_steps = "cascade-flow", "heun", 4
+    kind, default_sampler, default_steps = "cascade-flow", "midpoint", 4
     samplers = ("euler", "heun", "midpoint")
     frozen = ("mean",)  # networks loaded from a trained U-Net and not optimised
 
