@@ -61,8 +61,9 @@ def test_guidance_doubles_evaluations_and_config_round_trips():
     obj = make_objective("cascade-flow", guidance=2.0, cond_dropout=0.1)
     assert obj.evals_per_member(4, "heun") == 14
     nets = {name: CountingNet(cout) for name, (_, cout) in obj.network_specs(3).items()}
+    assert obj.evals_per_member(4) == 16  # default midpoint: 2 per step, twice with guidance
     obj.sample(nets, torch.zeros(1, 3, 8, 8), members=1, steps=4, generator=gen(0))
-    assert sum(n.calls for n in nets.values()) == 14 + 1
+    assert sum(n.calls for n in nets.values()) == 16 + 1
     assert make_objective(**obj.config()).config() == obj.config()
     with pytest.raises(ValueError, match="residual_std"):
         CascadeFlow(residual_std=0)
