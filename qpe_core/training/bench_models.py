@@ -126,7 +126,7 @@ def crps_vs_steps(checkpoint: str, archive_url: str, start=None, end=None, cases
     return {"checkpoint": checkpoint, "cases": len(times), "members": members, "crop": crop, "steps": result}
 
 
-def bench_models(kinds=("ddpm", "residual-flow"), members: int = 16, device: str | None = None,
+def bench_models(kinds=("ddpm", "cascade-flow", "residual-flow"), members: int = 16, device: str | None = None,
                  checkpoint: str | None = None, archive: str | None = None) -> dict:
     """Side-by-side ensemble timings (and the CRPS study when a checkpoint and archive are given)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
