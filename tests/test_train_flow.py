@@ -29,6 +29,7 @@ def test_card_markdown_of_the_shipped_checkpoint():
     assert rows["steps"].startswith("3000 × 8 patches")
     assert rows["validation loss (EMA)"] == "0.2545 at step 3000"
     assert rows["code version"] == "qpe-seviri 0.1.0, card v1"
+    assert rows["frozen mean (U-Net)"].startswith("data/study/cpu/ck/unet, 3000 steps; residual scale fitted on validation")
     assert md.startswith("### checkpoint cascade-flow\n\n| item | value |\n|---|---|\n")
 
 

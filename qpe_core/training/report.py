@@ -86,6 +86,10 @@ def card_rows(card: dict, log: list[dict] | None = None) -> list[tuple[str, str]
         rows.append(("best validation loss", f"{scores['best_val_loss']:.4f} at step {scores['best_val_step']}"))
     if "train_loss" in scores:
         rows.append(("last training loss", f"{scores['train_loss']:.4f} at step {scores['train_step']}"))
+    if card.get("mean_checkpoint"):
+        mc = card["mean_checkpoint"]
+        rows.append(("frozen mean (U-Net)", f"{mc.get('path')}, {mc.get('steps')} steps; residual scale fitted on "
+                                            f"{mc.get('residual_fit_on', 'validation patches')}"))
     rows.append(("code version", f"qpe-seviri {card.get('code_version', '?')}, card v{card.get('card_version', '?')}"))
     return [(k, _fmt(v)) for k, v in rows]
 
