@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
-out = Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def study_cmd(
@@ -24,6 +19,7 @@ def study_cmd(
     device: Annotated[Optional[str], typer.Option(help="override the profile's device (cpu | cuda)")] = None,
 ):
     """Train every kind with one equal budget, score them on a held-out period, write the report."""
+    from qpe_core.cli import err, out  # the CLI's consoles (this module is registered by qpe_core.cli)
     from qpe_core.errors import QpeError
     from qpe_core.study import PROFILES, run_study
 

@@ -176,11 +176,6 @@ def _train_config(profile: StudyProfile, spec: ModelSpec, archive: str, out: Pat
                        loader_threads=2 if profile.device == "cpu" else 4, preload=True, **extra)
 
 
-def _trained(path: Path, steps: int) -> bool:
-    card = path / "card.json"
-    return card.is_file() and json.loads(card.read_text()).get("steps") == steps
-
-
 def _train_one(cfg_json: str) -> str:
     from qpe_core.training.train import TrainConfig, train
 
@@ -192,7 +187,9 @@ def _train_one(cfg_json: str) -> str:
 def train_stage(profile: StudyProfile, archive: str, out: Path, progress: Progress | None = None) -> dict:
     """Train every model not yet at ``profile.steps``: the U-Nets first (a cascade freezes one), then
     the others, ``profile.parallel`` at a time (separate processes sharing the device)."""
-    specs = [s for s in profile.models if not _trained(out / "ck" / s.name, profile.steps)]
+    from qpe_core.training.checkpoint import trained_to
+
+    specs = [s for s in profile.models if not trained_to(out / "ck" / s.name, profile.steps)]
     if any(s.kind == "cascade-flow" for s in profile.models) and "unet" not in {s.name for s in profile.models}:
         raise QpeError("a study with cascade-flow needs a model named 'unet' (its frozen mean)")
     seconds: dict[str, float] = {}

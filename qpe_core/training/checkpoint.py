@@ -114,6 +114,12 @@ def load_resume_state(out: str | Path, raw: torch.nn.ModuleDict, ema: torch.nn.M
     return int(meta["step"])
 
 
+def trained_to(path: str | Path, steps: int) -> bool:
+    """True if ``path`` holds a checkpoint saved at exactly ``steps`` optimiser steps."""
+    card = Path(path) / "card.json"
+    return card.is_file() and json.loads(card.read_text()).get("steps") == steps
+
+
 def read_card(path: str | Path) -> dict:
     card_path = Path(path) / "card.json"
     if not card_path.is_file():

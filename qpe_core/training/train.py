@@ -141,12 +141,12 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     transform = RainTransform()
     sampler = PatchSampler(archive, cfg.lags, channels, BTNormalizer([0.0] * len(channels), [1.0] * len(channels)),
                            transform, cfg.patch)
-    mean = _frozen_mean(cfg, channels, progress) if getattr(make_objective(cfg.kind), "frozen", ()) else None
+    objective = make_objective(cfg.kind, **cfg.objective)
+    mean = _frozen_mean(cfg, channels, progress) if getattr(objective, "frozen", ()) else None
     sampler.normalizer = mean.normalizer if mean else _fit_normalizer(sampler, train_t)
     if cfg.preload:
         sampler.preload(train_t)
     in_ch = len(cfg.lags) * (len(channels) + 1)
-    objective = make_objective(cfg.kind, **cfg.objective)
     objective.set_data_stats(*_fit_target_stats(sampler, train_t))
     raw = build_networks(objective, in_ch, **cfg.backbone).to(device)
     val = _val_set(sampler, val_t, cfg.val_patches, cfg.seed) if len(val_t) else None
@@ -208,13 +208,12 @@ def _frozen_mean(cfg: TrainConfig, channels, progress=None):
     """The trained U-Net a cascade objective freezes: ``cfg.mean_checkpoint``, or one trained first
     into ``OUT/mean`` with the same data, budget and seed (resumable like any run)."""
     from qpe_core.errors import QpeError
-    from qpe_core.training.checkpoint import check_card, load_checkpoint
+    from qpe_core.training.checkpoint import check_card, load_checkpoint, trained_to
 
     path = cfg.mean_checkpoint
     if path is None:
         path = str(Path(cfg.out) / "mean")
-        card = Path(path) / "card.json"
-        if not card.is_file() or json.loads(card.read_text()).get("steps") != cfg.max_steps:
+        if not trained_to(path, cfg.max_steps):
             train(cfg.model_copy(update={"kind": "unet", "out": path, "objective": {}}), progress)
     mean = load_checkpoint(path, "cpu")
     if mean.card["kind"] != "unet":
