@@ -272,10 +272,10 @@ def _card_digest(ckpt: Path) -> str:
     the default sampler and steps of its kind (they live in the code)."""
     import hashlib
 
-    from qpe_core.models import make_objective
+    from qpe_core.models import objective_from_config
 
     card = (ckpt / "card.json").read_bytes()
-    obj = make_objective(**json.loads(card)["objective"])
+    obj = objective_from_config(json.loads(card)["objective"])
     return hashlib.sha256(card + f"{obj.default_sampler}:{obj.default_steps}".encode()).hexdigest()
 
 

@@ -91,6 +91,10 @@ def test_training_freezes_the_unet_and_fits_scale_on_validation(archive, tmp_pat
     assert card["mean_checkpoint"]["path"] == str(tmp_path / "unet")
     assert card["mean_checkpoint"]["residual_fit_on"] == "validation patches"
     assert card["objective"]["residual_std"] != 1.0 and card["objective"]["residual_std"] > 0
+    # the final EMA weights are calibrated on the validation patches, and the saved card says so
+    assert card["objective"]["spread_knots"] and load_checkpoint(tmp_path / "cf").objective.spread_knots
+    last = json.loads((tmp_path / "cf" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 3 and last["calibration"]["bins"] == len(card["objective"]["scale_knots"])
     assert load_checkpoint(tmp_path / "cf").card["normalizer"] == load_checkpoint(tmp_path / "unet").card["normalizer"]
     # without a mean checkpoint a U-Net is trained first into OUT/mean, with the same budget
     card = train(_cfg(archive, tmp_path / "cf2", "cascade-flow"))
@@ -160,3 +164,36 @@ def test_sampled_residual_stays_in_the_held_out_range():
     off = CascadeFlow(scale_bins=4, clip=False)
     off.fit_residual_std({"mean": ConstantField(m)}, torch.zeros(8, 2, 64, 64), y)
     assert off.clip_knots is None and make_objective(**obj.config()).config() == obj.config()
+
+
+def test_tail_bins_split_the_top_four_percent():
+    from qpe_core.models.cascade import _quantile_parts
+
+    v = torch.randn(10000, generator=gen(8))
+    parts = _quantile_parts(v, 24, 5)
+    assert [len(p) for p in parts[-5:]] == [200, 100, 50, 25, 25]
+    assert sum(len(p) for p in parts) == 10000 and len(torch.cat(parts).unique()) == 10000
+    assert all(v[a].max() <= v[b].min() for a, b in zip(parts[:-1], parts[1:]))  # increasing bins
+    assert [len(p) for p in _quantile_parts(v, 4, 0)] == [2500] * 4
+
+
+def test_calibration_matches_the_held_out_residual_where_the_scale_is_not_floored():
+    """Held-out u ~ N(0.29, 0.96^2) where wet; a flow that draws N(0, 0.5^2) is moved to those moments,
+    the floored (certain-dry) bin is left as drawn."""
+    g = gen(9)
+    wet = torch.rand(8, 1, 64, 64, generator=g) > 0.5
+    m = torch.where(wet, torch.tensor(1.0), torch.tensor(-1.5))
+    y = m + torch.where(wet, 0.8 * (0.3 + torch.randn(8, 1, 64, 64, generator=g)), 0.05 * torch.randn(8, 1, 64, 64, generator=g))
+    obj = CascadeFlow(scale_bins=4, calibrate_members=2)
+    nets = {"mean": ConstantField(m), "flow": OracleGaussianFlow(0.0, 0.5)}
+    obj.fit_residual_std(nets, torch.zeros(8, 2, 64, 64), y)
+    summary = obj.calibrate(nets, torch.zeros(8, 2, 64, 64), y, generator=gen(10))
+    assert summary["bins"] == len(obj.scale_knots) and obj.spread_knots[0][1:] == [0.0, 1.0]
+    u_true = ((y - m) / obj.scale(m))[wet]
+    out = obj.sample({"mean": ConstantField(m[:4]), "flow": nets["flow"]}, torch.zeros(4, 2, 64, 64), members=4,
+                     steps=8, generator=gen(11))
+    u = ((out - m[:4]) / obj.scale(m[:4]))[wet[:4].expand(-1, 4, -1, -1)]
+    assert abs(u.mean() - u_true.mean()) < 0.03 and abs(u.std() / u_true.std() - 1) < 0.05
+    assert 1.7 < obj.spread_knots[-1][2] < 2.2  # gain ~ 0.96 / 0.5
+    assert make_objective(**obj.config()).config() == obj.config()
+    assert CascadeFlow(calibrate_members=0).calibrate(nets, torch.zeros(8, 2, 64, 64), y) is None

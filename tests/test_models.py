@@ -242,13 +242,54 @@ class OracleStandardEps(nn.Module):
 def test_ddpm_objective_standardises_and_starts_from_moment_matched_noise(sampler, steps):
     """Targets y ~ N(-0.5, 0.6^2) with data stats (-0.5, 0.6): z ~ N(0, 1) exactly, so the oracle
     sampler from t_start must give back N(-0.5, 0.6^2) in rain-transform units."""
-    obj = DDPM(clip_x0=None)
+    obj = DDPM(clip_x0=None, prediction="eps")
     obj.set_data_stats(-0.5, 0.6)
     net = OracleStandardEps(obj.schedule, obj.T, 0.0, 1.0)
     out = obj.sample({"net": net}, torch.zeros(2, 1, 32, 32), members=8, steps=steps, sampler=sampler,
                      generator=gen(3))
     assert abs(out.mean().item() + 0.5) < 0.02 and abs(out.std().item() / 0.6 - 1) < 0.03
     assert make_objective(**obj.config()).config()["data_mean"] == -0.5
+
+
+class OracleStandardV(OracleStandardEps):
+    """Exact v = sqrt(ab) eps - sqrt(1 - ab) z for z ~ N(0, q^2) (posterior means of eps and z)."""
+
+    def forward(self, x, t):
+        ab = self.ab[(t * self.T).round().long()].view(-1, 1, 1, 1).float()
+        x_t, d = x[:, -1:], ab * self.q**2 + 1 - ab
+        return ab.sqrt() * (1 - ab).sqrt() * x_t / d - (1 - ab).sqrt() * ab.sqrt() * self.q**2 * x_t / d
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 100), ("ancestral", 1000)])
+def test_v_prediction_ddpm_recovers_data_from_pure_noise(sampler, steps):
+    """The v network's sampler (v -> eps inside, from t = T, alpha_bar ~ 2e-9) gives back N(-0.5, 0.6^2)."""
+    obj = DDPM(clip_x0=None)
+    assert obj.prediction == "v" and obj.t_start == obj.T
+    obj.set_data_stats(-0.5, 0.6)
+    out = obj.sample({"net": OracleStandardV(obj.schedule, obj.T, 0.0, 1.0)}, torch.zeros(2, 1, 32, 32), members=8,
+                     steps=steps, sampler=sampler, generator=gen(3))
+    assert abs(out.mean().item() + 0.5) < 0.02 and abs(out.std().item() / 0.6 - 1) < 0.03
+
+
+def test_ddpm_v_target_and_min_snr_weights():
+    """The loss of a network that outputs 0 is the weighted mean square of the target: for v with
+    min-SNR-5, ``E[w (ab eps^2 + (1 - ab) z^2)]``; without weighting ``E[v^2]`` ~ 1 for z ~ N(0, 1)."""
+    class Zero(nn.Module):
+        def forward(self, x, t):
+            return torch.zeros_like(x[:, -1:])
+    y = torch.randn(4096, 1, 4, 4, generator=gen(1))
+    for gamma, lo, hi in ((None, 0.95, 1.05), (5.0, 0.2, 0.6)):
+        obj = DDPM(min_snr_gamma=gamma)
+        loss, logs = obj.loss({"net": Zero()}, torch.zeros(4096, 0, 4, 4), y, generator=gen(2))
+        assert lo < float(loss) < hi and 0.95 < logs["v_mse"] < 1.05
+
+
+def test_old_ddpm_cards_load_as_eps_prediction():
+    from qpe_core.models import objective_from_config
+    old = {k: v for k, v in DDPM(prediction="eps").config().items() if k not in ("prediction", "min_snr_gamma")}
+    obj = objective_from_config(old)
+    assert obj.prediction == "eps" and obj.min_snr_gamma is None and obj.t_start == 908
+    assert objective_from_config(DDPM().config()).prediction == "v"
 
 
 # ---------------------------------------------------------------- sampling through objectives
@@ -367,7 +408,7 @@ class CountingNet(nn.Module):
 
 @pytest.mark.parametrize("kind,steps,sampler,expected", [
     ("flow", 4, "euler", 4), ("flow", 4, "heun", 7), ("flow", 3, "scaled-heun", 5), ("flow", 1, "heun", 1),
-    ("ddpm", 20, "ddim", 20), ("ddpm", 20, "ancestral", 20), ("ddpm", 1000, "ancestral", 908), ("residual-flow", 4, "scaled-euler", 4),
+    ("ddpm", 20, "ddim", 20), ("ddpm", 20, "ancestral", 20), ("ddpm", 1000, "ancestral", 1000), ("residual-flow", 4, "scaled-euler", 4),
     ("unet", 4, None, 0), ("cascade-flow", 4, "heun", 7), ("cascade-flow", 4, "midpoint", 8),
     ("cascade-flow", 3, "euler", 3),
 ])
@@ -380,8 +421,9 @@ def test_evals_per_member_matches_network_calls(kind, steps, sampler, expected):
 
 
 def test_eval_counts_factory_and_errors():
-    assert DDPM(start_alpha_bar=0.0).evals_per_member(1000, "ancestral") == 1000
-    d = DDPM()  # sampling starts at the last t with alpha_bar >= 0.02 (t = 908 of the cosine schedule)
+    assert DDPM(start_alpha_bar=0.0, prediction="eps").evals_per_member(1000, "ancestral") == 1000
+    assert DDPM().t_start == 1000  # v-prediction samples from pure noise (zero SNR)
+    d = DDPM(prediction="eps")  # sampling starts at the last t with alpha_bar >= 0.02 (t = 908 of the cosine schedule)
     assert d.t_start == 908 and d.schedule.alpha_bar(908) >= 0.02 > d.schedule.alpha_bar(909)
     assert make_objective("residual-flow").evals(16) == 16 * 4 + 1  # members x steps + shared mean
     assert make_objective("unet").evals(16) == 1

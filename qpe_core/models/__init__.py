@@ -15,6 +15,7 @@ from qpe_core.models.objectives import (
     ResidualFlow,
     build_networks,
     make_objective,
+    objective_from_config,
 )
 from qpe_core.models.cascade import CascadeFlow
 from qpe_core.models.samplers import DiffusionSchedule, ddim, ddpm_ancestral, euler, heun, midpoint
@@ -25,5 +26,5 @@ OBJECTIVES[CascadeFlow.kind] = CascadeFlow  # registered here: cascade.py builds
 __all__ = [
     "DDPM", "OBJECTIVES", "CascadeFlow", "BTNormalizer", "DiffusionSchedule", "FlowMatching", "Objective", "RainTransform",
     "Regression", "ResidualFlow", "UNet", "build_networks", "ddim", "ddpm_ancestral", "euler", "heun",
-    "make_objective", "midpoint",
+    "make_objective", "midpoint", "objective_from_config",
 ]

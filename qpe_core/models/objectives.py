@@ -185,11 +185,20 @@ class Regression(Objective):
 
 
 class DDPM(Objective):
-    """Denoising diffusion, epsilon prediction (Ho et al. 2020 Eq. 14, "L_simple").
+    """Denoising diffusion (Ho et al. 2020), epsilon or v prediction.
 
     Works on standardised targets ``z = (y - data_mean) / data_std`` (statistics of the training
     set, set by :meth:`set_data_stats`): ``x_t = sqrt(ab_t) z + sqrt(1 - ab_t) eps``, t ~ U{1..T};
-    ``net(cat(cond, x_t), t / T)`` predicts ``eps``; masked MSE. Schedule ``cosine`` (Nichol &
+    ``net(cat(cond, x_t), t / T)`` predicts ``eps`` (``prediction="eps"``, "L_simple", Eq. 14) or
+    ``v = sqrt(ab_t) eps - sqrt(1 - ab_t) z`` (``"v"``, Salimans & Ho 2022); masked MSE, weighted
+    per sample by min-SNR-gamma (Hang et al. 2023: ``min(SNR, gamma) / SNR`` for eps,
+    ``min(SNR, gamma) / (SNR + 1)`` for v; ``min_snr_gamma=None``: unweighted).
+
+    The study's baseline is ``prediction="v", min_snr_gamma=5`` sampled from t = T: v stays a
+    well-posed target at zero SNR (there ``v = -z``: the network predicts the data), whereas an eps
+    network must give ``x0`` through ``1/sqrt(ab_t)``; min-SNR stops the many low-noise steps, which
+    teach texture only, from dominating the gradient. At the cpu study's budget the eps DDPM below
+    collapsed toward the data mean (wet fraction 0.34 and q99 0.12 of truth). Schedule ``cosine`` (Nichol &
     Dhariwal 2021, default) or ``linear`` (Ho et al.). Samplers: ``ddim`` (Song et al. 2021,
     eta = 0) and ``ancestral`` (Ho et al. Alg. 2 when ``steps`` covers every step, otherwise DDIM
     with eta = 1, the respaced ancestral sampler).
@@ -207,9 +216,17 @@ class DDPM(Objective):
 
     def __init__(self, T: int = 1000, schedule: str = "cosine",
                  clip_x0: tuple[float, float] | None = (-1.5, 5.0), data_mean: float = 0.0,
-                 data_std: float = 1.0, start_alpha_bar: float = 0.02):
+                 data_std: float = 1.0, start_alpha_bar: float | None = None, prediction: str = "v",
+                 min_snr_gamma: float | None = 5.0):
         if schedule not in ("cosine", "linear"):
             raise ValueError(f"schedule must be 'cosine' or 'linear', got {schedule!r}")
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma}")
+        self.prediction, self.min_snr_gamma = prediction, None if min_snr_gamma is None else float(min_snr_gamma)
+        if start_alpha_bar is None:  # eps: start where x0 is still recoverable; v: from pure noise
+            start_alpha_bar = 0.02 if prediction == "eps" else 0.0
         self.T, self.schedule_name = int(T), schedule
         self.clip_x0 = None if clip_x0 is None else (float(clip_x0[0]), float(clip_x0[1]))
         self.schedule = getattr(S.DiffusionSchedule, schedule)(self.T)
@@ -240,12 +257,22 @@ class DDPM(Objective):
         ab = self._ab.to(y.device)[t].view(-1, 1, 1, 1)
         eps = self._noise(y, generator)
         x_t = ab.sqrt() * z + (1 - ab).sqrt() * eps
-        loss = masked_mse(nets["net"](torch.cat([cond, x_t], 1), t.to(y.dtype) / self.T), eps, m)
-        return loss, {"loss": _f(loss), "eps_mse": _f(loss)}
+        target = eps if self.prediction == "eps" else ab.sqrt() * eps - (1 - ab).sqrt() * z
+        pred = nets["net"](torch.cat([cond, x_t], 1), t.to(y.dtype) / self.T)
+        w = torch.ones_like(ab)
+        if self.min_snr_gamma is not None:
+            snr = ab / (1 - ab).clamp_min(1e-12)
+            w = snr.clamp(max=self.min_snr_gamma) / (snr + (1.0 if self.prediction == "v" else 0.0)).clamp_min(1e-12)
+        loss = masked_mse(pred * w.sqrt(), target * w.sqrt(), m)
+        return loss, {"loss": _f(loss), f"{self.prediction}_mse": _f(masked_mse(pred, target, m))}
 
     def _sample(self, nets, cond, steps, sampler, generator, chunk):
         def eps_fn(x, t):
-            return _call(nets["net"], torch.cat([cond, x], 1), t / self.T, chunk)
+            out = _call(nets["net"], torch.cat([cond, x], 1), t / self.T, chunk)
+            if self.prediction == "eps":
+                return out
+            ab = self.schedule.alpha_bar(int(t))  # v -> eps, exact: eps = sqrt(1 - ab) x_t + sqrt(ab) v
+            return (1 - ab) ** 0.5 * x + ab ** 0.5 * out
 
         x = self._noise(cond, generator)
         if sampler == "ancestral" and steps >= self.t_start:
@@ -261,7 +288,8 @@ class DDPM(Objective):
 
     def config(self):
         return {"kind": self.kind, "T": self.T, "schedule": self.schedule_name, "clip_x0": self.clip_x0,
-                "data_mean": self.data_mean, "data_std": self.data_std, "start_alpha_bar": self.start_alpha_bar}
+                "data_mean": self.data_mean, "data_std": self.data_std, "start_alpha_bar": self.start_alpha_bar,
+                "prediction": self.prediction, "min_snr_gamma": self.min_snr_gamma}
 
 
 class FlowMatching(Objective):
@@ -409,6 +437,15 @@ def make_objective(kind: str, **kw) -> Objective:
     if kind not in OBJECTIVES:
         raise ValueError(f"unknown objective kind {kind!r}; choose from {list(OBJECTIVES)}")
     return OBJECTIVES[kind](**kw)
+
+
+def objective_from_config(config: dict) -> Objective:
+    """The objective a model card's ``objective`` entry describes (``config()`` output). Cards that
+    predate v-prediction have a DDPM entry without ``prediction``: those networks predict eps."""
+    config = dict(config)
+    if config.get("kind") == "ddpm" and "prediction" not in config:
+        config.update(prediction="eps", min_snr_gamma=None)
+    return make_objective(**config)
 
 
 def build_networks(objective: Objective, in_channels: int, **unet_kw) -> nn.ModuleDict:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from qpe_core import __version__
 from qpe_core.errors import QpeError
-from qpe_core.models import BTNormalizer, RainTransform, build_networks, make_objective
+from qpe_core.models import BTNormalizer, RainTransform, build_networks, objective_from_config
 
 CARD_VERSION = 1
 
@@ -133,7 +133,7 @@ def read_card(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
     """Load a checkpoint for inference (EMA weights, eval mode)."""
     card = read_card(path)
-    objective = make_objective(**card["objective"])
+    objective = objective_from_config(card["objective"])
     nets = build_networks(objective, card["in_channels"], **card["backbone"])
     weights = Path(path) / "weights.safetensors"
     if not weights.is_file():

@@ -189,6 +189,9 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
         if rank == 0 and val is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
             rec["val_loss"] = _validate(objective, ema, val, device, cfg.batch_size)
             card["validation"] = {"loss": rec["val_loss"], "step": step}
+        if rank == 0 and step == cfg.max_steps and val is not None and hasattr(objective, "calibrate"):
+            rec["calibration"] = _calibrate(objective, ema, val, device, cfg.seed)
+            card["objective"] = objective.config()
         if rank == 0:
             if "val_loss" in rec or step % 50 == 0:
                 with log_path.open("a") as f:
@@ -238,6 +241,14 @@ def _load_frozen(objective, raw: torch.nn.ModuleDict, mean, val, device) -> None
     if hasattr(objective, "fit_residual_std"):
         with torch.no_grad():
             objective.fit_residual_std({"mean": raw["mean"]}, *(v.to(device) for v in val))
+
+
+@torch.no_grad()
+def _calibrate(objective, nets, val, device, seed: int) -> dict | None:
+    """Objectives with a held-out calibration (the cascade's spread knots) fit it on the validation
+    patches with the final EMA weights; returns its summary for the training log."""
+    gen = torch.Generator(device=device).manual_seed(seed + 777)
+    return objective.calibrate(nets, *(v.to(device) for v in val), generator=gen)
 
 
 def _clip(nets: torch.nn.ModuleDict, max_norm: float, per_network: bool) -> float:
