@@ -54,6 +54,8 @@ class ModelSpec(BaseModel):
     lags: list[int] | None = None
     objective: dict = Field(default_factory=dict)
     seed: int | None = None
+    mean: str = "unet"          # cascade-flow: the study's U-Net it freezes (same lags and seed)
+    group: str | None = None    # models of one group differ only by seed: reported as mean and spread
 
 
 def _segments(first: str, n: int, days: float, seed0: int, slot_minutes: int = 15) -> list[Segment]:
@@ -61,6 +63,18 @@ def _segments(first: str, n: int, days: float, seed0: int, slot_minutes: int = 1
     periods = int(days * 24 * 60 / slot_minutes) - 60 // slot_minutes
     t0 = pd.Timestamp(first)
     return [Segment(start=iso(t0 + pd.Timedelta(days=days * i)), periods=periods, seed=seed0 + i) for i in range(n)]
+
+
+def _lag_models(lag_sets: list[list[int]], seeds) -> list[ModelSpec]:
+    """U-Net and cascade flow for every lag set and seed; each cascade freezes its own U-Net."""
+    out = []
+    for kind in ("unet", "cascade-flow"):
+        for lags in lag_sets:
+            for seed in seeds:
+                tag = f"{len(lags)}slot-s{seed}"
+                out.append(ModelSpec(name=f"{kind}-{tag}", kind=kind, lags=lags, seed=seed, mean=f"unet-{tag}",
+                                     group=f"{kind} {len(lags)} slot{'s' if len(lags) > 1 else ''}"))
+    return out
 
 
 FIVE_KINDS = [ModelSpec(name=k, kind=k) for k in ("unet", "cascade-flow", "flow", "ddpm", "residual-flow")]
@@ -113,6 +127,12 @@ PROFILES: dict[str, StudyProfile] = {
                                                objective={"scale_floor": 0.05, "clip": False}),
                                      ModelSpec(name="cascade-flow-no-clip", kind="cascade-flow",
                                                objective={"clip": False})]),
+    # issue 11's temporal claim: 1, 2 and 4 slots for the U-Net and the default, two seeds each, one
+    # budget (half the cpu profile's steps, so that the twelve trainings fit about an hour on 2 cores)
+    "cpu-lags": StudyProfile(name="cpu-lags", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
+                             eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91), steps=1500,
+                             models=_lag_models([[0], [0, -15], [0, -15, -30, -45]], (0, 1)),
+                             default="cascade-flow-4slot-s0", cost_cases=2),
     "tiny": StudyProfile(name="tiny", train_segments=[Segment(start="2024-06-01T00:00Z", periods=24, seed=1)],
                          eval_segments=[Segment(start="2024-06-01T07:00Z", periods=12, seed=2)], steps=4,
                          patch=32, backbone={"base_channels": 8, "channel_mults": (1, 2)}, members=3, cases=2,
@@ -167,7 +187,7 @@ def _train_config(profile: StudyProfile, spec: ModelSpec, archive: str, out: Pat
     from qpe_core.training.train import TrainConfig
 
     end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods) for s in profile.train_segments)
-    extra = {"mean_checkpoint": str(out / "ck" / "unet")} if spec.kind == "cascade-flow" else {}
+    extra = {"mean_checkpoint": str(out / "ck" / spec.mean)} if spec.kind == "cascade-flow" else {}
     return TrainConfig(archive=archive, kind=spec.kind, out=str(out / "ck" / spec.name), max_steps=profile.steps,
                        patch=profile.patch, lags=spec.lags or profile.lags, batch_size=profile.batch_size,
                        lr=profile.lr, ema_decay=profile.ema_decay, device=profile.device,
@@ -190,8 +210,10 @@ def train_stage(profile: StudyProfile, archive: str, out: Path, progress: Progre
     from qpe_core.training.checkpoint import trained_to
 
     specs = [s for s in profile.models if not trained_to(out / "ck" / s.name, profile.steps)]
-    if any(s.kind == "cascade-flow" for s in profile.models) and "unet" not in {s.name for s in profile.models}:
-        raise QpeError("a study with cascade-flow needs a model named 'unet' (its frozen mean)")
+    unets = {s.name for s in profile.models if s.kind == "unet"}
+    for s in profile.models:
+        if s.kind == "cascade-flow" and s.mean not in unets:
+            raise QpeError(f"{s.name}: its frozen mean {s.mean!r} is not a unet of the study ({sorted(unets)})")
     seconds: dict[str, float] = {}
     first = [s for s in specs if s.kind == "unet"]  # the cascade's frozen mean comes first
     for group in (first, [s for s in specs if s.kind != "unet"]):
@@ -331,7 +353,8 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
     """Score the drawn ensembles together, add the mission checks and write ``OUT/report``."""
     from qpe_core.evaluation import pixel_km_of, score_ensembles
     from qpe_core.report import summarize, write_report
-    from qpe_core.report.mission import crps_of, member_scores, mission_checks
+    from qpe_core.report.groups import groups_markdown, seed_groups
+    from qpe_core.report.mission import crps_of, member_scores, mission_checks, mission_markdown
 
     ens = out / "ensembles"
     with np.load(ens / "truth.npz") as z:
@@ -345,7 +368,8 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
     metrics = score_ensembles(truth, forecasts, pd.DatetimeIndex(times), pixel_km, info=info, area=profile.area,
                               window=_window(profile), seed=profile.seed)
     scale_px = max(1, round(24.0 / pixel_km))
-    unet = next((n for n, s in info.items() if s["kind"] == "unet"), None)
+    unets = [n for n, s in info.items() if s["kind"] == "unet"]
+    ref_of = {s.name: s.mean if s.mean in unets else (unets[0] if unets else None) for s in profile.models}
     mission = {}
     for name, entry in metrics["models"].items():
         entry["seconds_per_case"] = info[name]["seconds_per_case"]
@@ -360,33 +384,17 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
                 ref = z["rain"].astype("float32")
             cost = {"evals_per_member": summary["evals_per_member"], "crps": crps_of(truth[sub], forecasts[name][sub]),
                     "crps_ref": crps_of(truth[sub], ref), "ref_steps": profile.cost_steps, "cases": len(sub)}
+        unet = ref_of[name]  # the U-Net of the same lags and seed where the model names one
         checks = mission_checks(summary, metrics["models"][unet]["summary"] if unet else None, extra, cost)
         mission[name] = {"member_scores": extra, "cost": cost, "checks": checks,
                          "held": sum(c["held"] is True for c in checks), "total": len(checks)}
-    metrics.update(mission=mission, default=profile.default, profile=profile.model_dump())
+    group_of = {s.name: s.group for s in profile.models if s.group}
+    groups = seed_groups(metrics, group_of) if group_of else None
+    metrics.update(mission=mission, default=profile.default, profile=profile.model_dump(), groups=groups)
     report = write_report(metrics, out / "report")
     md = report / "report.md"
-    md.write_text(md.read_text() + "\n" + mission_markdown(metrics))
+    md.write_text(md.read_text() + "\n" + mission_markdown(metrics) + ("\n" + groups_markdown(groups) if groups else ""))
     return metrics
-
-
-def mission_markdown(metrics: dict) -> str:
-    """The mission-check section of ``report.md``: the default model first, then the other ensembles."""
-    mission, default = metrics.get("mission", {}), metrics.get("default")
-    lines = ["## Mission checks", "",
-             f"The product default is `{default}`; the same checks for the other ensembles, for comparison.", ""]
-    for name in sorted(mission, key=lambda n: n != default):
-        m = mission[name]
-        lines += [f"### {name}{' (default)' if name == default else ''}: {m['held']} of {m['total']} held", ""]
-        for c in m["checks"]:
-            verdict = "not checked" if c["held"] is None else ("held" if c["held"] else "not held")
-            lines.append(f"- {c['text'][: -len(verdict)]}**{verdict}**")
-        ranks = metrics["models"][name].get("ensemble", {}) or {}
-        freq = (ranks.get("rank_histogram") or {}).get("frequencies")
-        if freq:
-            lines.append("- rank histogram (frequencies, lowest rank first): " + " ".join(f"{f:.3f}" for f in freq))
-        lines.append("")
-    return "\n".join(lines)
 
 
 def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None,

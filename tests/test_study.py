@@ -134,3 +134,37 @@ def test_a_retrained_model_is_drawn_again(tiny_study):
     after = {p.name: p.stat().st_mtime_ns for p in (out / "ensembles").glob("*.npz")}
     assert after["flow.npz"] != before["flow.npz"]
     assert all(after[n] == before[n] for n in before if n != "flow.npz")
+
+
+def test_lag_profile_pairs_each_cascade_with_its_own_unet_and_reports_seed_groups(tmp_path):
+    from qpe_core.report.groups import temporal_claim
+    from qpe_core.study import _lag_models
+
+    tiny = PROFILES["tiny"]
+    models = _lag_models([[0], [0, -15]], (0, 1))
+    profile = tiny.model_copy(update={"name": "tiny-lags", "models": models, "default": "cascade-flow-2slot-s0"})
+    metrics = run_study(profile, tmp_path)
+    for spec in models:
+        card = json.loads((tmp_path / "ck" / spec.name / "card.json").read_text())
+        assert card["lags"] == spec.lags and card["config"]["seed"] == spec.seed
+        if spec.kind == "cascade-flow":  # frozen U-Net of the same lags and seed
+            assert card["mean_checkpoint"]["path"] == str(tmp_path / "ck" / spec.mean)
+    groups = metrics["groups"]["groups"]
+    assert set(groups) == {"unet 1 slot", "unet 2 slots", "cascade-flow 1 slot", "cascade-flow 2 slots"}
+    g = groups["unet 2 slots"]
+    vals = g["CRPS"]["values"]
+    assert len(vals) == 2 and g["CRPS"]["mean"] == pytest.approx(np.mean(vals))
+    assert g["CRPS"]["diff"] == pytest.approx(max(vals) - min(vals))
+    assert {c["group"] for c in metrics["groups"]["claims"]} == {"unet 2 slots", "cascade-flow 2 slots"}
+    assert "## Seed groups" in (tmp_path / "report" / "report.md").read_text()
+    bad = profile.model_copy(update={"models": [*models[:1], models[-1].model_copy(update={"mean": "nope"})],
+                                     "default": models[-1].name})
+    with pytest.raises(QpeError, match="frozen mean 'nope'"):
+        run_study(bad, tmp_path / "bad")
+    # the claim needs both a 3 % CRPS gain and gains beyond the seed-to-seed difference
+    mk = lambda n, crps, d, csi, dc: {"kind": "unet", "lags": [0] * n, "CRPS": {"mean": crps, "diff": d},  # noqa: E731
+                                      "CSI_1": {"mean": csi, "diff": dc}}
+    held = temporal_claim({"a": mk(1, 1.0, 0.01, 0.5, 0.01), "b": mk(4, 0.95, 0.01, 0.53, 0.01)})
+    assert held[0]["held"] and not temporal_claim({"a": mk(1, 1.0, 0.06, 0.5, 0.01),
+                                                   "b": mk(4, 0.95, 0.01, 0.53, 0.01)})[0]["held"]
+    assert not temporal_claim({"a": mk(1, 1.0, 0.01, 0.5, 0.01), "b": mk(4, 0.98, 0.0, 0.53, 0.0)})[0]["held"]

@@ -122,3 +122,22 @@ def mission_checks(model: dict, unet: dict | None, extra: dict, cost: dict | Non
     else:
         out.append(_line("cost", None, "cost: no reference-step ensemble"))
     return out
+
+
+def mission_markdown(metrics: dict) -> str:
+    """The mission-check section of ``report.md``: the default model first, then the other ensembles."""
+    mission, default = metrics.get("mission", {}), metrics.get("default")
+    lines = ["## Mission checks", "",
+             f"The product default is `{default}`; the same checks for the other ensembles, for comparison.", ""]
+    for name in sorted(mission, key=lambda n: n != default):
+        m = mission[name]
+        lines += [f"### {name}{' (default)' if name == default else ''}: {m['held']} of {m['total']} held", ""]
+        for c in m["checks"]:
+            verdict = "not checked" if c["held"] is None else ("held" if c["held"] else "not held")
+            lines.append(f"- {c['text'][: -len(verdict)]}**{verdict}**")
+        ranks = metrics["models"][name].get("ensemble", {}) or {}
+        freq = (ranks.get("rank_histogram") or {}).get("frequencies")
+        if freq:
+            lines.append("- rank histogram (frequencies, lowest rank first): " + " ".join(f"{f:.3f}" for f in freq))
+        lines.append("")
+    return "\n".join(lines)
