@@ -346,7 +346,15 @@ def _model_info(ckpt: Path, seconds: float) -> dict:
     return {"kind": m.card["kind"], "source": str(ckpt), "parameters": m.card.get("parameters"),
             "train_steps": m.card.get("steps"), "lags": m.card["lags"], "objective": m.card["objective"],
             "evals_per_member": m.objective.evals_per_member(), "shared_evals": m.objective.shared_evals(),
-            "validation": m.card.get("validation"), "seconds_per_case": seconds}
+            "validation": m.card.get("validation"), "seconds_per_case": seconds,
+            "val_curve": _val_curve(ckpt)}
+
+
+def _val_curve(ckpt: Path) -> list[list[float]]:
+    """``[[step, validation loss], ...]`` from a checkpoint's training log."""
+    log = ckpt / "train_log.jsonl"
+    recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    return [[r["step"], r["val_loss"]] for r in recs if r.get("val_loss") is not None]
 
 
 def score_stage(profile: StudyProfile, out: Path) -> dict:
@@ -354,7 +362,7 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
     from qpe_core.evaluation import pixel_km_of, score_ensembles
     from qpe_core.report import summarize, write_report
     from qpe_core.report.groups import groups_markdown, seed_groups
-    from qpe_core.report.mission import crps_of, member_scores, mission_checks, mission_markdown
+    from qpe_core.report.mission import comparison_markdown, crps_of, curves_markdown, member_scores, mission_checks, mission_markdown
 
     ens = out / "ensembles"
     with np.load(ens / "truth.npz") as z:
@@ -393,7 +401,8 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
     metrics.update(mission=mission, default=profile.default, profile=profile.model_dump(), groups=groups)
     report = write_report(metrics, out / "report")
     md = report / "report.md"
-    md.write_text(md.read_text() + "\n" + mission_markdown(metrics) + ("\n" + groups_markdown(groups) if groups else ""))
+    md.write_text(md.read_text() + "\n" + comparison_markdown(metrics) + "\n" + mission_markdown(metrics)
+                  + "\n" + curves_markdown(metrics) + ("\n" + groups_markdown(groups) if groups else ""))
     return metrics
 
 

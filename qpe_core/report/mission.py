@@ -141,3 +141,46 @@ def mission_markdown(metrics: dict) -> str:
             lines.append("- rank histogram (frequencies, lowest rank first): " + " ".join(f"{f:.3f}" for f in freq))
         lines.append("")
     return "\n".join(lines)
+
+
+COMPARISON = [("POD", "POD_1", "{:.3f}"), ("FAR", "FAR_1", "{:.3f}"), ("CSI", "CSI_1", "{:.3f}"),
+              ("ETS", "ETS_1", "{:.3f}"), ("FSS 3 km", "FSS_1_3km", "{:.3f}"), ("FSS 24 km", "FSS_1_24km", "{:.3f}"),
+              ("FSS 96 km", "FSS_1_96km", "{:.3f}"), ("wet / truth", "wet_fraction_ratio", "{:.2f}"),
+              ("q99 / truth", "q99_ratio", "{:.2f}"), ("q99.9 / truth", "q99.9_ratio", "{:.2f}"),
+              ("max / truth", "max_ratio", "{:.2f}"), ("spectrum 10-50 km", "spectrum_ratio_10_50km", "{:.2f}"),
+              ("CRPS mm/h", "CRPS", "{:.3f}"), ("spread/skill", "spread_skill", "{:.2f}"), ("rank RI", "rank_RI", "{:.2f}"),
+              ("evals/member", "evals_per_member", "{}")]
+
+
+def comparison_markdown(metrics: dict) -> str:
+    """The mission's comparison table: spatial skill at 1 mm/h (ensemble mean) and statistical
+    quality (all members pooled; maximum over all cases), one row per model."""
+    head = "| model | " + " | ".join(c[0] for c in COMPARISON) + " |"
+    lines = ["## Comparison", "", "Categorical scores and FSS at 1 mm/h of the ensemble mean; distribution "
+             "ratios of all members pooled over the truth (max: the largest value of all cases); CRPS of a "
+             "deterministic model is its MAE.", "", head, "|---|" + "---|" * len(COMPARISON)]
+    for name, entry in metrics["models"].items():
+        s = entry.get("summary") or {}
+        cells = []
+        for _, key, fmt in COMPARISON:
+            v = s.get(key)
+            cells.append("-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def curves_markdown(metrics: dict) -> str:
+    """Validation loss of every model at each validation step, and its change over the second half of
+    training (is the budget enough? a U-Net whose loss is flat would not rank differently with more steps)."""
+    lines = ["## Training curves (validation loss, EMA weights)", ""]
+    for name, entry in metrics["models"].items():
+        curve = entry.get("val_curve") or []
+        if len(curve) < 2:
+            continue
+        last = curve[-1]
+        half = min(curve, key=lambda c: abs(c[0] - last[0] / 2))
+        change = (last[1] - half[1]) / half[1] if half[1] else float("nan")
+        lines.append(f"- {name}: " + ", ".join(f"{int(s)}: {v:.4f}" for s, v in curve)
+                     + f"; step {int(half[0])} to {int(last[0])}: {100 * change:+.1f} %")
+    return "\n".join(lines) + "\n"
+

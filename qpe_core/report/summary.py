@@ -12,7 +12,8 @@ Conventions of the headline numbers (:func:`summarize`):
 * MAE, CSI at 1 mm/h and FSS at 1 mm/h are scores of the **ensemble mean** (``"mean"``);
 * FSS at 3, 24 and 96 km takes the suite's scale nearest to each (in log distance; the evaluation
   adds the scales ``round(km / pixel_km)`` so they exist exactly on 3 km and 4 km grids);
-* wet fraction (>= 0.1 mm/h) and q99 are those of **all members** pooled (one member for a
+* POD, FAR and ETS at 1 mm/h, like CSI, of the ensemble mean;
+* wet fraction (>= 0.1 mm/h), q99, q99.9 and the maximum are those of **all members** pooled (one member for a
   deterministic model), with their ratio to the radar truth of the same cases;
 * CRPS (mm/h) is the ensemble CRPS per pixel; for one member it is its MAE (the CRPS of a point);
 * spread/skill: ``sqrt(1 + 1/m) * spread / RMSE(mean)`` (1 = calibrated);
@@ -73,7 +74,10 @@ def summarize(entry: dict) -> dict:
     out: dict = {"kind": entry.get("kind"), "members": entry.get("members"), "cases": entry.get("cases")}
     cont = entry.get("continuous", {}).get("mean", {}).get("all", {})
     out["MAE"] = _num(cont.get("MAE"))
-    out["CSI_1"] = _num(entry.get("categorical", {}).get("mean", {}).get("1", {}).get("CSI"))
+    cat1 = entry.get("categorical", {}).get("mean", {}).get("1", {})
+    out["CSI_1"] = _num(cat1.get("CSI"))
+    for k in ("POD", "FAR", "ETS"):
+        out[f"{k}_1"] = _num(cat1.get(k))
     fss = entry.get("fss", {}).get("mean", {}).get("1")
     for km in FSS_KM:
         key = f"FSS_1_{km:g}km"
@@ -85,7 +89,7 @@ def summarize(entry: dict) -> dict:
     stats = entry.get("realism", {}).get("statistics", {})
     fc = stats.get("members") or stats.get("member0") or {}
     truth = stats.get("truth", {})
-    for k in ("wet_fraction", "q99"):
+    for k in ("wet_fraction", "q99", "q99.9", "max"):
         out[k], out[k + "_truth"] = _num(fc.get(k)), _num(truth.get(k))
         out[k + "_ratio"] = _num(fc.get("ratio_to_truth", {}).get(k))
     ens = entry.get("ensemble")
