@@ -54,6 +54,7 @@ class ModelSpec(BaseModel):
     lags: list[int] | None = None
     objective: dict = Field(default_factory=dict)
     seed: int | None = None
+    backbone: dict = Field(default_factory=dict)  # UNet options on top of the profile's (e.g. tendency)
     mean: str = "unet"          # cascade-flow: the study's U-Net it freezes (same lags and seed)
     group: str | None = None    # models of one group differ only by seed: reported as mean and spread
 
@@ -131,7 +132,10 @@ PROFILES: dict[str, StudyProfile] = {
     # budget (half the cpu profile's steps, so that the twelve trainings fit about an hour on 2 cores)
     "cpu-lags": StudyProfile(name="cpu-lags", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
                              eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91), steps=1500,
-                             models=_lag_models([[0], [0, -15], [0, -15, -30, -45]], (0, 1)),
+                             models=_lag_models([[0], [0, -15], [0, -15, -30, -45]], (0, 1)) + [
+                                 ModelSpec(name=f"unet-4slot-tendency-s{k}", kind="unet", seed=k,
+                                           lags=[0, -15, -30, -45], backbone={"tendency": [4, 7]},
+                                           group="unet 4 slots as tendencies") for k in (0, 1)],
                              default="cascade-flow-4slot-s0", cost_cases=2),
     "tiny": StudyProfile(name="tiny", train_segments=[Segment(start="2024-06-01T00:00Z", periods=24, seed=1)],
                          eval_segments=[Segment(start="2024-06-01T07:00Z", periods=12, seed=2)], steps=4,
@@ -191,7 +195,7 @@ def _train_config(profile: StudyProfile, spec: ModelSpec, archive: str, out: Pat
     return TrainConfig(archive=archive, kind=spec.kind, out=str(out / "ck" / spec.name), max_steps=profile.steps,
                        patch=profile.patch, lags=spec.lags or profile.lags, batch_size=profile.batch_size,
                        lr=profile.lr, ema_decay=profile.ema_decay, device=profile.device,
-                       seed=profile.seed if spec.seed is None else spec.seed, end=iso(end), backbone=profile.backbone,
+                       seed=profile.seed if spec.seed is None else spec.seed, end=iso(end), backbone={**profile.backbone, **spec.backbone},
                        objective=spec.objective, val_every=profile.val_every, save_every=max(profile.steps // 4, 1),
                        loader_threads=2 if profile.device == "cpu" else 4, preload=True, **extra)
 

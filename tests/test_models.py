@@ -440,3 +440,19 @@ def test_eval_counts_factory_and_errors():
         make_objective("gan")
     with pytest.raises(ValueError, match="euler"):
         make_objective("flow").sample({}, torch.zeros(1, 1, 8, 8), sampler="rk4")
+
+
+def test_tendency_encoding_is_the_newest_slot_and_successive_changes():
+    net = UNet(4 * 3 + 4, 1, base_channels=8, channel_mults=(1, 2), tendency=(4, 3), tendency_gain=2.0)
+    x = torch.randn(2, 16, 8, 8, generator=gen(1))
+    enc = net.encode_lags(x)
+    bt = x[:, :12].unflatten(1, (4, 3))
+    torch.testing.assert_close(enc[:, :3], bt[:, 0])
+    torch.testing.assert_close(enc[:, 3:6], 2.0 * (bt[:, 0] - bt[:, 1]))
+    torch.testing.assert_close(enc[:, 9:12], 2.0 * (bt[:, 2] - bt[:, 3]))
+    torch.testing.assert_close(enc[:, 12:], x[:, 12:])  # validity channels untouched
+    again = UNet(**net.config)
+    assert again.config == net.config and again.tendency == (4, 3)
+    assert "tendency" not in UNet(16, 1, base_channels=8).config  # older cards unchanged
+    with pytest.raises(ValueError, match="does not fit"):
+        UNet(8, 1, tendency=(4, 3))

@@ -116,11 +116,17 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, base_channels: int = 32,
                  channel_mults: tuple[int, ...] = (1, 1, 2, 4), num_res_blocks: int = 1,
-                 attention_at_coarsest: bool = False, emb_dim: int = 128, dropout: float = 0.0):
+                 attention_at_coarsest: bool = False, emb_dim: int = 128, dropout: float = 0.0,
+                 tendency: tuple[int, int] | None = None, tendency_gain: float = 2.0):
         super().__init__()
         self.config = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
                            channel_mults=tuple(channel_mults), num_res_blocks=num_res_blocks,
                            attention_at_coarsest=attention_at_coarsest, emb_dim=emb_dim, dropout=dropout)
+        self.tendency = None if tendency is None else (int(tendency[0]), int(tendency[1]))
+        if self.tendency is not None:  # recorded only when used: older cards stay valid
+            if self.tendency[0] < 2 or self.tendency[0] * self.tendency[1] > in_channels:
+                raise ValueError(f"tendency (lags, channels) {tendency} does not fit {in_channels} input channels")
+            self.config.update(tendency=self.tendency, tendency_gain=float(tendency_gain))
         widths = [base_channels * m for m in channel_mults]
         self.factor = 2 ** (len(widths) - 1)
         self.emb = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -152,7 +158,7 @@ class UNet(nn.Module):
             raise ValueError(f"UNet input {h_}x{w_} is not divisible by {self.factor} (2**(levels-1))")
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
         emb = self.emb(timestep_embedding(t, self.config["base_channels"]).to(x.dtype))
-        h, skips = self.stem(x), []
+        h, skips = self.stem(self.encode_lags(x)), []
         for i, blocks in enumerate(self.enc):
             for blk in blocks:
                 h = blk(h, emb)
@@ -167,6 +173,19 @@ class UNet(nn.Module):
             for blk in blocks:
                 h = blk(h, emb)
         return self.head(h)
+
+    def encode_lags(self, x: torch.Tensor) -> torch.Tensor:
+        """With ``tendency = (L, K)``: the first ``L * K`` input channels (normalised BT, lag-major,
+        newest first) become the newest slot and the ``L - 1`` tendencies between successive slots,
+        times ``tendency_gain`` (on the simulated archive a 15-minute change at a pixel, advection
+        included, has 0.4-0.5 of a channel's std, measured; the gain 2 brings it near unit scale).
+        A fixed linear map: the same information, presented as change."""
+        if self.tendency is None:
+            return x
+        L, K = self.tendency
+        bt = x[:, : L * K].unflatten(1, (L, K))
+        enc = torch.cat([bt[:, :1], self.config["tendency_gain"] * (bt[:, :-1] - bt[:, 1:])], 1)
+        return torch.cat([enc.flatten(1, 2), x[:, L * K:]], 1)
 
     def count_params(self) -> int:
         """Number of trainable parameters."""
