@@ -86,9 +86,14 @@ def _print_report(report) -> None:
     for r in report.results:
         when = iso(r.time) if r.time is not None else Path(r.files[0]).name
         if r.status == "written":
-            out.print(f"[green]written[/] {r.kind} {when} coverage {r.coverage:.1%} in {r.seconds:.2f} s")
+            qc = "".join(f", {k} {v}" for k, v in r.qc_removed.items() if v)
+            out.print(f"[green]written[/] {r.kind} {when} coverage {r.coverage:.1%} in {r.seconds:.2f} s"
+                      + (f" (quality control set to NaN: {qc[2:]})" if qc else ""))
         elif r.status == "failed":
             err.print(f"[red]failed[/] {r.kind} {when}: {r.reason}")
+    totals = report.qc_totals()
+    if totals:
+        out.print("radar quality control, pixels set to NaN: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     if skipped:
         out.print(f"skipped {len(skipped)} slot(s) between the archive's slots: "
                   + ", ".join(iso(r.time) for r in skipped[:12]) + (" ..." if len(skipped) > 12 else ""))

@@ -37,6 +37,7 @@ import pandas as pd
 from qpe_core.archive import Archive
 from qpe_core.errors import QpeError
 from qpe_core.grids import get_spec
+from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY
 from qpe_core.report import expectations, summarize, write_report
 from qpe_core.timeutil import iso, to_utc
 from qpe_core.verification.categorical import FIXED_THRESHOLDS_MM_H
@@ -258,7 +259,8 @@ def evaluate(archive: Archive | str, checkpoints: Sequence[str | Path], start=No
              min_radar_coverage: float = 0.5, progress: Progress | None = None,
              baselines: Mapping[str, str | Path] | None = None, other_grid: bool = False,
              window: Sequence[int] | None = None, device: str = "cpu", tile: int | None = 512,
-             map_cases: int = MAP_CASES, thresholds=FIXED_THRESHOLDS_MM_H, cache_dir: str | None = None) -> dict:
+             map_cases: int = MAP_CASES, thresholds=FIXED_THRESHOLDS_MM_H, cache_dir: str | None = None,
+             min_rain_quality: float = MIN_RAIN_QUALITY) -> dict:
     """Run checkpoints (and baselines, e.g. ``{"crr": directory}``) over the period (UTC) of the archive and
     score them against its radar; returns the metrics dict (module docstring).
 
@@ -300,7 +302,7 @@ def evaluate(archive: Archive | str, checkpoints: Sequence[str | Path], start=No
     if progress:
         progress(0, len(times), "")
     for k, t in enumerate(times):
-        truth = np.asarray(arc.read_rain(t), dtype="float32")[ys, xs]
+        truth = np.asarray(arc.read_truth(t, min_rain_quality), dtype="float32")[ys, xs]
         stacks: dict = {}
         fields, seconds = {}, {}
         for name, m in models.items():

@@ -31,6 +31,7 @@ class SlotResult:
     coverage: float = float("nan")
     seconds: float = 0.0
     reason: str = ""
+    qc_removed: dict = field(default_factory=dict)  # radar: pixels set to NaN per quality-control rule
 
 
 @dataclass
@@ -44,6 +45,14 @@ class IngestReport:
     @property
     def written(self) -> list[SlotResult]:
         return [r for r in self.results if r.status == "written"]
+
+    def qc_totals(self) -> dict[str, int]:
+        """Pixels removed by each radar quality-control rule over the written slots."""
+        out: dict[str, int] = {}
+        for r in self.written:
+            for k, v in r.qc_removed.items():
+                out[k] = out.get(k, 0) + int(v)
+        return out
 
 
 def _is_satip(path: Path) -> bool:
@@ -129,7 +138,7 @@ def _run(kind: str, units: Iterable[tuple[pd.Timestamp | None, list[Path]]], rea
                     continue
                 w = write(ds)
                 report.results.append(SlotResult(kind, w.time, names, "written", w.coverage,
-                                                 time.perf_counter() - t0))
+                                                 time.perf_counter() - t0, qc_removed=dict(ds.attrs.get("qc_removed", {}))))
         except QpeError as exc:
             report.results.append(SlotResult(kind, t, names, "failed", reason=str(exc)))
         if progress:

@@ -46,6 +46,7 @@ import pandas as pd
 from qpe_core.archive import Archive
 from qpe_core.products.cube import MARKER as PRODUCT_MARKER
 from qpe_core.products.cube import ProductCube
+from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY
 from qpe_core.timeutil import iso, to_utc
 from qpe_core.verification.ensemble import crps_pixels
 from qpe_core.verification.spatial import FSSAccumulator
@@ -98,14 +99,15 @@ def _marker(cube, name: str, time) -> float:
     return float(cube.group[name][cube.index_of(time)])
 
 
-def score_slot(products: ProductCube, archive: Archive, time) -> dict | None:
-    """The score row of slot ``time`` (UTC): product ensemble against the radar; None if either is missing."""
+def score_slot(products: ProductCube, archive: Archive, time, min_rain_quality: float = MIN_RAIN_QUALITY) -> dict | None:
+    """The score row of slot ``time`` (UTC): product ensemble against the radar (pixels of quality below
+    ``min_rain_quality`` ignored); None if either is missing."""
     t = to_utc(time)
     if not (products.has_slot(t) and archive.has_slot(t, "rain")):
         return None
     radar_coverage, product_coverage = _marker(archive, "rain_coverage", t), _marker(products, PRODUCT_MARKER, t)
     ens = products.read_slot(t)
-    truth = archive.read_rain(t)
+    truth = archive.read_truth(t, min_rain_quality)
     pixel_km = abs(float(ens["x"].values[1] - ens["x"].values[0])) / 1000.0
     row = {"version": ROW_VERSION, "time": iso(t), "area": products.area}
     row.update(score_fields(ens["rain"].values, truth, pixel_km))

@@ -324,7 +324,7 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
     if not (ens / "truth.npz").is_file():
         arc, spec = Archive.open(archive), get_spec(profile.area)
         ys, xs = _window_slices(window, (spec.height, spec.width))
-        _save_npz(ens / "truth.npz", times=stamp, truth=np.stack([arc.read_rain(t)[ys, xs] for t in times]))
+        _save_npz(ens / "truth.npz", times=stamp, truth=np.stack([arc.read_truth(t)[ys, xs] for t in times]))
     jobs = [(s.name, None, times) for s in profile.models]
     jobs += [(profile.default, profile.cost_steps, times[np.linspace(0, len(times) - 1, min(profile.cost_cases,
                                                                                          len(times))).astype(int)])]

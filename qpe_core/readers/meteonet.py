@@ -40,6 +40,7 @@ from pyresample.geometry import AreaDefinition, SwathDefinition
 
 from qpe_core.errors import InputFileError
 from qpe_core.readers.odim import dbz_to_rain
+from qpe_core.readers.radar_qc import quality_control
 from qpe_core.readers.regrid import get_regridder
 from qpe_core.readers.safe_npz import safe_npz
 from qpe_core.slots import radar_slot
@@ -67,12 +68,37 @@ def read_meteonet(path, area: str = "france-3km", coords=None, zr: tuple[float, 
     lats, lons = _coords(path, match["zone"], coords, data.shape[1:])
     regridder = get_regridder(lonlat_source(lats, lons), area, cache_dir)
     kind = match["kind"]
+    quality_maps, quality_file = _quality_maps(path, match)
     slots = []
     for i, time in enumerate(dates):
-        rain = regridder.apply(_to_rain(data[i][regridder.slices], kind, zr))
+        rain, removed = quality_control(regridder.apply(_to_rain(data[i][regridder.slices], kind, zr)))
         attrs = _attrs(path, kind, match["zone"], time, time_source, regridder.method, zr)
-        slots.append(radar_slot(rain, time, area, **attrs))
+        q = quality_maps.get(pd.Timestamp(time).normalize())
+        if q is not None:
+            attrs["quality_source"] = f"{quality_file} (daily mean quality code / 100)"
+            q = regridder.apply(q[regridder.slices])
+        slots.append(radar_slot(rain, time, area, quality=q, qc_removed=removed, **attrs))
     return slots
+
+
+def _quality_maps(path: Path, match) -> tuple[dict[pd.Timestamp, np.ndarray], str | None]:
+    """Daily maps of ``rainfall_mean_quality-code_<ZONE>_<YYYY>_<MM>.<part>.npz`` next to ``path``
+    (when there), as quality 0-1 (code / 100; 255 = not assessed -> NaN), keyed by UTC day."""
+    qpath = path.with_name(f"rainfall_mean_quality-code_{match['zone']}_{match['year']}_{match['month']}"
+                           f".{match['part']}.npz")
+    if not qpath.is_file():
+        return {}, None
+    try:
+        with safe_npz(qpath) as z:
+            data, days = z["data"], z["dates"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise InputFileError(f"{qpath}: cannot read MeteoNet quality-code npz: {exc}") from exc
+    maps = {}
+    for d, code in zip(days, data):
+        q = code.astype("float32")
+        q[(code < 0) | (code > 100)] = np.nan
+        maps[pd.Timestamp(d).normalize()] = q / 100.0
+    return maps, qpath.name
 
 
 def rain_rate(values: np.ndarray, kind: str = "rainfall", zr: tuple[float, float] = (200.0, 1.6)) -> np.ndarray:

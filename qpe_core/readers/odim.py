@@ -35,6 +35,7 @@ from pyproj.exceptions import CRSError
 from pyresample.geometry import AreaDefinition
 
 from qpe_core.errors import InputFileError
+from qpe_core.readers.radar_qc import quality_control
 from qpe_core.readers.regrid import get_regridder
 from qpe_core.slots import radar_slot
 
@@ -57,7 +58,9 @@ def read_odim(path, area: str = "france-3km", zr: tuple[float, float] = (200.0, 
     """Read an OPERA ODIM HDF5 composite as a radar slot on ``area``.
 
     ``rain`` in mm/h (RATE directly, DBZH through Z = a R^b with ``zr=(a, b)``),
-    NaN outside coverage, 0 where undetect; ``quality`` (QIND, 0-1) when present.
+    NaN outside coverage, 0 where undetect, NaN where :mod:`~qpe_core.readers.radar_qc` removed a pixel
+    (counts per rule in the ``qc_removed`` attribute); ``quality`` (QIND, 0-1) when present, NaN
+    where OPERA leaves it undefined (most dry pixels: not assessed).
     Raises :class:`InputFileError` naming the file (and field) on bad input.
     """
     path = Path(path)
@@ -75,9 +78,9 @@ def read_odim(path, area: str = "france-3km", zr: tuple[float, float] = (200.0, 
         if quality_field is not None:
             quality = _read_quality(f, quality_field, regridder.slices, source, path)
         attrs = _slot_attrs(f, path, rain_field, root_what, zr, regridder.method, source)
-    rain_t = regridder.apply(rain)
+    rain_t, removed = quality_control(regridder.apply(rain))
     quality_t = regridder.apply(quality) if quality is not None else None
-    return radar_slot(rain_t, time, area, quality=quality_t, **attrs)
+    return radar_slot(rain_t, time, area, quality=quality_t, qc_removed=removed, **attrs)
 
 
 def dbz_to_rain(dbz: np.ndarray, a: float = 200.0, b: float = 1.6) -> np.ndarray:

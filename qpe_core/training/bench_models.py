@@ -116,7 +116,7 @@ def crps_vs_steps(checkpoint: str, archive_url: str, start=None, end=None, cases
         scorer, t0 = Scorer(), time.perf_counter()
         for k, t in enumerate(times):
             bt = temporal_stack(arc, t, model.card["lags"], model.card["channels"])["bt"].values[..., ys, xs]
-            scorer.update(ensemble(model, bt, members, steps, seed=k), arc.read_rain(t)[ys, xs])
+            scorer.update(ensemble(model, bt, members, steps, seed=k), arc.read_truth(t)[ys, xs])
         s = scorer.compute()
         result[str(steps)] = {"evals_per_member": model.objective.evals_per_member(steps), "CRPS": s["CRPS"],
                               "spread_skill": s["spread_skill"], "seconds": round(time.perf_counter() - t0, 1)}

@@ -19,6 +19,7 @@ import torch
 from qpe_core.archive import Archive
 from qpe_core.errors import QpeError
 from qpe_core.models.transform import BTNormalizer, RainTransform
+from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY
 from qpe_core.timeutil import to_utc
 
 
@@ -70,7 +71,7 @@ class PatchSampler:
 
     ``cond`` is ``(lags*channels + lags, P, P)``: normalised brightness temperatures (NaN -> 0)
     followed by one validity mask per lag; ``target`` is the transformed rain ``(1, P, P)``
-    and ``mask`` is 1 where the radar has data.
+    and ``mask`` is 1 where the radar has data of at least ``min_quality`` (NaN quality = kept).
     """
 
     archive: Archive
@@ -80,6 +81,7 @@ class PatchSampler:
     transform: RainTransform
     patch: int = 128
     memory: tuple[int, np.ndarray, np.ndarray] | None = None  # (first index, bt, rain) from preload()
+    min_quality: float = MIN_RAIN_QUALITY  # rain below this stored quality is masked (radar_qc)
 
     def preload(self, times: pd.DatetimeIndex) -> int:
         """Hold the archive's slots that ``times`` and their lags need in memory (float32, K and mm/h):
@@ -89,7 +91,7 @@ class PatchSampler:
         last = self.archive.index_of(times.max() + pd.Timedelta(minutes=max(max(int(v) for v in self.lags), 0)))
         sel = [self.archive.channels.index(c) for c in self.channels]
         bt = np.stack([self.archive.group["bt"][i][sel] for i in range(first, last + 1)])
-        rain = self.archive.group["rain"][first:last + 1]
+        rain = self._masked(self.archive.group["rain"][first:last + 1], slice(first, last + 1))
         self.memory = (first, bt, rain)
         return bt.nbytes + rain.nbytes
 
@@ -104,8 +106,16 @@ class PatchSampler:
             return self.encode(bt, rain_all[i_t - first, y0:y0 + p, x0:x0 + p])
         sel = [self.archive.channels.index(c) for c in self.channels]
         bt = np.stack([self.archive.group["bt"][i, :, y0:y0 + p, x0:x0 + p][sel] for i in idx])  # (lag, ch, p, p) K
-        rain = self.archive.group["rain"][i_t, y0:y0 + p, x0:x0 + p]
+        rain = self._masked(self.archive.group["rain"][i_t, y0:y0 + p, x0:x0 + p], (i_t, slice(y0, y0 + p), slice(x0, x0 + p)))
         return self.encode(bt, rain)
+
+    def _masked(self, rain: np.ndarray, where) -> np.ndarray:
+        """``rain`` with NaN where the archive's ``rain_quality`` at ``where`` is below ``min_quality``."""
+        if self.min_quality <= 0:
+            return rain
+        rain = np.array(rain, dtype="float32")
+        rain[self.archive.group["rain_quality"][where] < self.min_quality] = np.nan
+        return rain
 
     def encode(self, bt: np.ndarray, rain: np.ndarray | None):
         """(lag, channel, y, x) K and (y, x) mm/h -> model tensors."""

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qpe_core.archive import Archive
 from qpe_core.models import BTNormalizer, RainTransform, build_networks, make_objective
+from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY
 from qpe_core.timeutil import iso
 from qpe_core.training.checkpoint import load_resume_state, save_checkpoint
 from qpe_core.training.dataset import PatchSampler, block_split, valid_times
@@ -52,6 +53,7 @@ class TrainConfig(BaseModel):
     # losses (joint norm ~6 vs ~2 for a lone U-Net, measured) shrank its mean network's steps 3x
     clip_per_network: bool = True
     min_radar_coverage: float = 0.5
+    min_rain_quality: float = Field(MIN_RAIN_QUALITY, ge=0, le=1)  # radar pixels below it are not targets
     val_fraction: float = 0.2
     val_block: str = "2D"  # contiguous time blocks assigned whole to train or validation
     val_patches: int = 32
@@ -140,7 +142,7 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     train_t, val_t = block_split(times, cfg.val_fraction, cfg.val_block, len(cfg.lags), slot_minutes=archive.slot_minutes, seed=cfg.seed)
     transform = RainTransform()
     sampler = PatchSampler(archive, cfg.lags, channels, BTNormalizer([0.0] * len(channels), [1.0] * len(channels)),
-                           transform, cfg.patch)
+                           transform, cfg.patch, min_quality=cfg.min_rain_quality)
     objective = make_objective(cfg.kind, **cfg.objective)
     mean = _frozen_mean(cfg, channels, progress) if getattr(objective, "frozen", ()) else None
     sampler.normalizer = mean.normalizer if mean else _fit_normalizer(sampler, train_t)
