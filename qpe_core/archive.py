@@ -72,7 +72,9 @@ class Archive(TimeCube):
             cls.VERSION_ATTR: cls.FORMAT_VERSION, "area": area, "channels": list(channels),
             "slot_minutes": slot_minutes, "time_origin": month_start(origin), "Conventions": "CF-1.10",
             "title": f"qpe archive cube on {area}"})
-        return cls(url, group, storage_options)
+        cube = cls(url, group, storage_options)
+        cube.consolidate()
+        return cube
 
     @classmethod
     def open_or_create(cls, url: str, area: str, channels: list[str], slot_minutes: int = 15, origin=None,

@@ -14,6 +14,7 @@ axis takes a file lock on local stores; on object stores call
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,7 @@ class TimeCube:
         """Open an existing cube (``mode`` 'r' or 'a')."""
         try:
             group = zarr.open_group(open_store(url, storage_options), mode="r+" if mode == "a" else "r",
-                                    zarr_format=3)
+                                    zarr_format=3, use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
             raise ArchiveError(f"no {cls.KIND} at {url}") from exc
         return cls(url, group, storage_options)
@@ -197,6 +198,16 @@ class TimeCube:
             need = self.index_of(end if end is not None else start) + 1
             if need > len(self):
                 self._grow(-(-need // ALLOC_BLOCK) * ALLOC_BLOCK)
+            self.consolidate()
+
+    def consolidate(self) -> None:
+        """Rewrite the consolidated metadata (zarr v3, in the root ``zarr.json``) so that
+        ``xr.open_zarr(url)`` opens the cube in one read and without a warning. Called on creation
+        and whenever the time axis grows (under the cube's lock); the cube's own code always reads
+        the arrays' metadata itself (``use_consolidated=False``), so a stale copy is never used."""
+        with warnings.catch_warnings():  # "not part of the Zarr v3 specification": zarr-python and xarray read it
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            zarr.consolidate_metadata(self.group.store)
 
     def _grow(self, new_len: int) -> None:
         old = len(self)
@@ -207,7 +218,7 @@ class TimeCube:
         self.group["time"][old:new_len] = minutes
 
     def _refresh(self) -> None:
-        self.group = zarr.open_group(self.group.store, mode="r+", zarr_format=3)
+        self.group = zarr.open_group(self.group.store, mode="r+", zarr_format=3, use_consolidated=False)
         origin = self.group.attrs.get("time_origin")
         self.origin = pd.Timestamp(origin) if origin else None
 
@@ -263,7 +274,7 @@ class TimeCube:
     def to_xarray(self) -> xr.Dataset:
         """The whole cube as a lazy xarray Dataset (incomplete slots have a NaN marker)."""
         store = open_store(self.url, self.storage_options)
-        return xr.open_zarr(store, consolidated=False, zarr_format=3, decode_coords="all")
+        return xr.open_zarr(store, consolidated=None, zarr_format=3, decode_coords="all")
 
     def _stored_chunks(self, name: str) -> np.ndarray:
         """Indices of the chunks of 1-D array ``name`` that exist in the store: one listing

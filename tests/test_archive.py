@@ -85,6 +85,23 @@ def test_growth_keeps_earlier_slots_and_origin_rules(tmp_path):
     reopened = Archive.open(arc.url)
     assert list(reopened.times()) == [pd.Timestamp("2024-06-10"), late]
     assert reopened.to_xarray().sizes["time"] == 2 * ALLOC_BLOCK
+    # consolidated metadata follows the growth: a plain xr.open_zarr opens without a warning and
+    # gives the cube's own dataset
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = xr.open_zarr(arc.url)
+        full = xr.open_zarr(arc.url, decode_coords="all")
+    assert plain.sizes["time"] == 2 * ALLOC_BLOCK and plain.attrs["area"] == AREA
+    own = reopened.to_xarray()
+    assert full.sizes == own.sizes and full.attrs == own.attrs and list(full.data_vars) == list(own.data_vars)
+    pick = [arc.index_of("2024-06-10T00:00"), arc.index_of(late)]
+    xr.testing.assert_identical(full.isel(time=pick), own.isel(time=pick))
+    xr.testing.assert_equal(plain.isel(time=pick).drop_vars("spatial_ref"), own.isel(time=pick).drop_vars("spatial_ref"))
+    complete = plain["bt_coverage"].notnull().compute()  # the completion marker selects complete slots
+    assert list(plain["time"][complete].values.astype("datetime64[m]")) == [np.datetime64("2024-06-10T00:00"),
+                                                                           late.to_datetime64().astype("datetime64[m]")]
     with pytest.raises(ArchiveError, match="precedes the archive origin 2024-06-01T00:00Z"):
         arc.write_seviri(_sev("2024-05-31T23:45"))
     with pytest.raises(QpeError, match="not on the 15-minute slot grid"):

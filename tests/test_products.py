@@ -123,6 +123,13 @@ def test_cube_round_trip_idempotent_and_members_fixed(tmp_path):
                     "input_slots": INPUTS, "missing_inputs": ["2024-06-01T11:30Z"]}
 
     ds = back.to_xarray()
+    import warnings
+
+    with warnings.catch_warnings():  # consolidated metadata: a plain open, no warning, same cube
+        warnings.simplefilter("error")
+        plain = xr.open_zarr(str(path), decode_coords="all")
+    assert plain.sizes == ds.sizes and list(plain.data_vars) == list(ds.data_vars)
+    xr.testing.assert_identical(plain.sel(time=[T]), ds.sel(time=[T]))
     assert ds["time"].encoding["dtype"] == np.dtype("int64")
     assert ds["time"].encoding["units"].startswith("minutes since 1970-01-01")
     assert ds["qpe"].dims == ("time", "member", "y", "x") and ds.sizes["member"] == 4

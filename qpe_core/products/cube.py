@@ -85,7 +85,9 @@ class ProductCube(TimeCube):
             "title": f"qpe ensemble rainfall products on {area}",
             "institution": "qpe-seviri", "source": "MSG SEVIRI, conditional generative ensemble",
             "completion_marker": MARKER})
-        return cls(url, group, storage_options)
+        cube = cls(url, group, storage_options)
+        cube.consolidate()
+        return cube
 
     @classmethod
     def open_or_create(cls, url: str, area: str, members: int, slot_minutes: int = 15, origin=None,
