@@ -17,9 +17,11 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
+from prefect.events import emit_event
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from qpe_core.config import load_settings
+from qpe_core.events import cycle_events
 from qpe_core.late_runs import guard_current_run
 from qpe_core.nowcast import CycleResult, newest_slot, run_cycle
 from qpe_core.sources import make_source
@@ -56,8 +58,11 @@ def _read_bytes(url: str) -> bytes | None:
         return None
 
 
-def _publish(results: list[CycleResult], key: str) -> None:
+def _publish(results: list[CycleResult], key: str, checkpoint: str | None = None) -> None:
     create_table_artifact([r.row() for r in results], key=key, description="QPE cycles")
+    for r in results:  # qpe.product.published / qpe.input.missing (qpe_core.events)
+        for spec in cycle_events(r, checkpoint or ""):
+            emit_event(**spec)
     done = [r for r in results if r.status == "done" and "quicklook" in r.products]
     png = _read_bytes(done[-1].products["quicklook"]) if done else None
     if png:
@@ -85,7 +90,7 @@ def nowcast(valid_time: str | None = None, checkpoint: str = "data/checkpoints/d
         get_run_logger().warning("%s", late.reason)
     res = cycle_task(cfg.resolved_archive_url(), cfg.products_url, checkpoint, source, valid_time, members, seed,
                      max_age_minutes, cfg.cache_dir, source_dir)
-    _publish([res], "nowcast")
+    _publish([res], "nowcast", checkpoint)
     get_run_logger().info("slot %s: %s %s", res.slot, res.status, res.reason)
     return res.row() | {"products": res.products}
 
@@ -134,7 +139,7 @@ def backfill(start: str, end: str, checkpoint: str = "data/checkpoints/demo", so
         results = _collect([cycle_task.submit(**a) for a in args], slots, progress)
     else:
         raise ValueError(f"runner must be 'threads' or 'dask', got {runner!r}")
-    _publish(results, "backfill")
+    _publish(results, "backfill", checkpoint)
     for r in results:
         if r.status == "failed":
             get_run_logger().warning("slot %s failed: %s", r.slot, r.reason)

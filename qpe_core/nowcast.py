@@ -38,6 +38,8 @@ class CycleResult:
     max_rate_mm_h: float = float("nan")
     products: dict[str, str] = field(default_factory=dict)
     reason: str = ""
+    area: str = ""
+    model_kind: str = ""
 
     def row(self) -> dict:
         d = asdict(self)
@@ -153,6 +155,7 @@ def run_cycle(archive_url: str, products_url: str, checkpoint: str | Path, sourc
         res.status, res.reason = "stale", str(exc)
         return res
     card = read_card(checkpoint)
+    res.area, res.model_kind = card["area"], card["kind"]
     if already_done(products_url, card["area"], slot):
         res.status, res.reason = "skipped", "products already exist"
         return res

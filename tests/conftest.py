@@ -111,6 +111,24 @@ def prefect_artifacts(key: str):
         return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
 
+def prefect_events(name: str, expect: int = 1, timeout: float = 30.0) -> list[dict]:
+    """Events named ``name`` stored on the Prefect server (``POST /events/filter``), waiting up to
+    ``timeout`` seconds for at least ``expect`` of them: events reach the server asynchronously."""
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    deadline, events = time.monotonic() + timeout, []
+    with get_client(sync_client=True) as client:
+        while True:
+            r = client._client.post("/events/filter", json={"filter": {"event": {"name": [name]}}, "limit": 50})
+            r.raise_for_status()
+            events = r.json()["events"]
+            if len(events) >= expect or time.monotonic() > deadline:
+                return events
+            time.sleep(0.5)
+
+
 _DIE_AT_MARKER = """
 import os, sys, numpy as np, zarr
 sys.path.insert(0, {tests!r})

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from rio_cogeo.cogeo import cog_validate
 
-from conftest import prefect_artifacts, tiny_checkpoint
+from conftest import prefect_artifacts, prefect_events, tiny_checkpoint
 from qpe_core.archive import Archive
 from qpe_core.nowcast import check_fresh, newest_slot, run_cycle
 from qpe_core.products.cube import ProductCube
@@ -56,6 +56,22 @@ def test_cycle_products_skip_and_stale(tmp_path, source, checkpoint):
     assert stale.status == "stale" and "stale" in stale.reason
 
 
+def test_cycle_events_for_a_product_and_each_missing_input():
+    from qpe_core.events import INPUT_MISSING, PRODUCT_PUBLISHED, cycle_events
+    from qpe_core.nowcast import CycleResult
+
+    res = CycleResult("2024-06-01T01:00Z", "done", inputs_present=["2024-06-01T01:00Z"],
+                      missing_inputs=["2024-06-01T00:45Z"], members=4, rain_area_fraction=float("nan"),
+                      max_rate_mm_h=12.5, products={"cube": "s3://b/p.zarr"}, area="france-3km", model_kind="unet")
+    pub, miss = cycle_events(res, "data/ck/u")
+    assert pub["event"] == PRODUCT_PUBLISHED and pub["payload"]["missing_inputs"] == 1
+    assert pub["payload"]["rain_area_fraction"] is None and pub["payload"]["max_rate_mm_h"] == 12.5  # JSON-safe
+    assert miss["event"] == INPUT_MISSING and miss["resource"]["qpe.slot"] == "2024-06-01T00:45Z"
+    assert miss["payload"]["for_slot"] == "2024-06-01T01:00Z"
+    failed = CycleResult("2024-06-01T01:00Z", "failed", missing_inputs=["a", "b"], area="france-3km")
+    assert [e["event"] for e in cycle_events(failed, "x")] == [INPUT_MISSING, INPUT_MISSING]
+
+
 def test_nowcast_and_backfill_flows(prefect_server, tmp_path, checkpoint, monkeypatch):
     from flows.nowcast import backfill, nowcast
 
@@ -65,6 +81,12 @@ def test_nowcast_and_backfill_flows(prefect_server, tmp_path, checkpoint, monkey
     out = nowcast(valid_time=SLOT, max_age_minutes=10**9, **kw)
     assert out["status"] == "done" and out["members"] == 2
     assert prefect_artifacts("nowcast") and prefect_artifacts("nowcast-quicklook")
+    (ev,) = [e for e in prefect_events("qpe.product.published") if e["resource"]["qpe.slot"] == "2024-06-01T01:00Z"]
+    assert ev["resource"]["prefect.resource.id"] == "qpe.product.france-3km.2024-06-01T01:00Z"
+    assert ev["resource"]["qpe.area"] == "france-3km" and ev["resource"]["qpe.model"] == "residual-flow"
+    pay = ev["payload"]
+    assert pay["missing_inputs"] == 0 and pay["members"] == 2 and pay["model_card"] == str(checkpoint)
+    assert set(pay["products"]) >= {"cube", "quicklook"} and all(Path(u).exists() for u in pay["products"].values())
     summary = backfill(start="2024-06-01T00:45Z", end="2024-06-01T01:00Z", **kw)
     assert summary == {"slots": 2, "done": 1, "skipped": 1, "failed": 0, "stale": 0}
     assert "backfill" in str(prefect_artifacts("backfill")[0].key)
