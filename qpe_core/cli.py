@@ -389,7 +389,10 @@ def deploy(
 
 from qpe_core.cli_study import study_cmd  # noqa: E402  (its own module: cli.py stays short)
 
+from qpe_core.cli_realism import realism_cmd  # noqa: E402
+
 app.command("study")(study_cmd)
+app.command("realism")(realism_cmd)
 
 
 def main() -> None:
