@@ -346,6 +346,15 @@ def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,arc
 
 
 @app.command()
+def catalog(products: Annotated[str, typer.Argument(help="products folder or s3:// URL (holds <area>.zarr)")]):
+    """Rebuild the STAC catalogue (<products>/stac) from the products already there."""
+    from qpe_core.products.stac import rebuild
+
+    for area, n in rebuild(products).items():
+        out.print(f"{area}: {n} items -> {products.rstrip('/')}/stac/{area}/collection.json")
+
+
+@app.command()
 def demo(workdir: Annotated[Path, typer.Option(help="where the demo archive and products go")] = Path("data/demo"),
          members: Annotated[int, typer.Option(help="ensemble members")] = 16):
     """The embedded default end to end: one nowcast cycle (simulated source, shipped checkpoint,

@@ -15,6 +15,7 @@ import pandas as pd
 from qpe_core.archive import Archive
 from qpe_core.errors import InputFileError, QpeError
 from qpe_core.ingest import ingest_seviri
+from qpe_core.products import stac
 from qpe_core.products.cog import write_cogs
 from qpe_core.products.cube import ProductCube
 from qpe_core.products.ensemble_stats import ensemble_stats
@@ -113,6 +114,7 @@ def publish_products(ens, products_url: str, area: str, storage_options: dict | 
     paths = {"cube": cube.url}
     paths.update(write_cogs(stats, products_url, storage_options=storage_options))
     paths["quicklook"] = write_quicklook(stats, products_url, storage_options=storage_options)
+    paths["stac_item"] = stac.add_slot(products_url, area, ens["time"].values, storage_options)
     return paths
 
 

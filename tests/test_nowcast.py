@@ -46,7 +46,7 @@ def test_cycle_products_skip_and_stale(tmp_path, source, checkpoint):
     assert res.status == "done", res.reason
     assert res.inputs_present == ["2024-06-01T01:00Z", "2024-06-01T00:45Z"] and res.missing_inputs == []
     assert res.members == 3 and 0 <= res.rain_area_fraction <= 1
-    cogs = [p for k, p in res.products.items() if k not in ("cube", "quicklook")]
+    cogs = [p for k, p in res.products.items() if k not in ("cube", "quicklook", "stac_item")]
     assert len(cogs) == 6 and all(cog_validate(p)[0] for p in cogs)
     assert Path(res.products["quicklook"]).stat().st_size > 10_000
     assert ProductCube.open(res.products["cube"]).has_slot(SLOT)
@@ -133,7 +133,7 @@ def test_duplicate_concurrent_runs_of_one_slot_give_one_output(tmp_path, source,
     assert single.status == "done"
     done = next(r for r in results if r.status == "done")
     for key, path in single.products.items():
-        if key in ("cube", "quicklook"):
+        if key in ("cube", "quicklook", "stac_item"):
             continue
         assert cog_validate(done.products[key])[0]
         assert Path(done.products[key]).read_bytes() == Path(path).read_bytes(), key
@@ -171,3 +171,45 @@ def test_concurrent_cycles_bring_a_shared_lag_slot_once(tmp_path):
                             ["2024-06-01T01:00Z", "2024-06-01T01:15Z"]))
     assert [o[1] for o in out] == [[], []]  # nothing missing for either cycle
     assert sorted(t.strftime("%H:%M") for t in src.calls) == ["00:45", "01:00", "01:15"]  # 01:00 once
+
+
+def test_stac_catalogue_written_by_cycles_and_rebuilt(tmp_path, source, checkpoint):
+    import pystac
+
+    from qpe_core.products import stac
+
+    prod = tmp_path / "prod"
+    kw = dict(archive_url=str(tmp_path / "a.zarr"), products_url=str(prod), checkpoint=checkpoint, source=source,
+              members=2, seed=1, now="2024-06-01T01:30Z")
+    for slot in ("2024-06-01T00:45", SLOT):
+        res = run_cycle(slot=slot, **kw)
+        assert res.status == "done", res.reason
+    cat = pystac.Catalog.from_file(str(prod / "stac" / "catalog.json"))
+    (col,) = list(cat.get_children())
+    assert col.id == "qpe-france-3km"
+    items = sorted(col.get_items(), key=lambda i: i.id)
+    assert [i.id for i in items] == ["france-3km-20240601T0045", "france-3km-20240601T0100"]
+    item = items[-1]
+    assert item.datetime.isoformat() == "2024-06-01T01:00:00+00:00" and res.products["stac_item"].endswith(f"{item.id}.json")
+    assert item.properties["proj:code"] == "EPSG:3035" and item.properties["proj:shape"] == [384, 384]
+    assert item.properties["qpe:members"] == 2 and item.properties["qpe:missing_inputs"] == []
+    assert item.assets["thumbnail"].roles == ["thumbnail"] and "zarr" in item.assets
+    assert {"mean", "p90"} <= set(item.assets)
+    for a in item.assets.values():  # every asset exists
+        assert Path(a.href).exists(), a.href
+    assert [str(t.isoformat()) for t in col.extent.temporal.intervals[0]] == ["2024-06-01T00:45:00+00:00",
+                                                                            "2024-06-01T01:00:00+00:00"]
+    # rebuilt from the products alone: the same items
+    import shutil
+
+    shutil.rmtree(prod / "stac")
+    assert stac.rebuild(str(prod)) == {"france-3km": 2}
+    from typer.testing import CliRunner
+
+    from qpe_core.cli import app
+
+    shutil.rmtree(prod / "stac")
+    done = CliRunner().invoke(app, ["catalog", str(prod)])
+    assert done.exit_code == 0 and "france-3km: 2 items" in done.output
+    again = pystac.Catalog.from_file(str(prod / "stac" / "catalog.json"))
+    assert sorted(i.id for i in again.get_items(recursive=True)) == [i.id for i in items]
