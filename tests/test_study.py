@@ -34,7 +34,7 @@ def test_tiny_study_writes_report_with_every_model_and_the_mission_checks(tiny_s
     from qpe_core.report.mission import curves_markdown
     md = curves_markdown({"models": {"u": {"val_curve": [[500, 0.2], [1000, 0.1], [2000, 0.099]]}}})
     assert "- u: 500: 0.2000, 1000: 0.1000, 2000: 0.0990; step 1000 to 2000: -1.0 %" in md
-    assert set(metrics["mission"]) == {"cascade-flow", "flow", "ddpm", "residual-flow"}  # the ensembles
+    assert set(metrics["mission"]) == {"cascade-flow", "flow", "ddpm"}  # the ensembles
     checks = metrics["mission"]["cascade-flow"]["checks"]
     assert [c["check"] for c in checks] == ["fss_mean", "fss_member", "realism", "maximum", "spectrum",
                                             "spread_skill", "crps", "cost"]
