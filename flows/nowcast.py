@@ -66,10 +66,25 @@ def _publish(results: list[CycleResult], key: str, checkpoint: str | None = None
     done = [r for r in results if r.status == "done" and "quicklook" in r.products]
     png = _read_bytes(done[-1].products["quicklook"]) if done else None
     if png:
+        loop = _loop(done[-1])
         create_markdown_artifact(
             f"### {done[-1].slot}: ensemble mean and P(R > 1 mm/h)\n\n"
             f"![quick-look](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
-            f"`{done[-1].products['quicklook']}`", key=f"{key}-quicklook")
+            f"`{done[-1].products['quicklook']}`"
+            + (f"\n\n### Ensemble mean, last 3 hours\n\n![loop](data:image/gif;base64,{base64.b64encode(loop).decode()})"
+               if loop else ""), key=f"{key}-quicklook")
+
+
+def _loop(res: CycleResult) -> bytes | None:
+    """Animated GIF of the ensemble mean over the 3 hours up to ``res.slot`` (None if it cannot be made)."""
+    from qpe_core.errors import QpeError
+    from qpe_core.products.animation import mean_loop_gif
+    from qpe_core.products.cube import ProductCube
+
+    try:
+        return mean_loop_gif(ProductCube.open(res.products["cube"]), res.slot)
+    except (QpeError, OSError, KeyError):
+        return None
 
 
 @flow(name="nowcast", log_prints=True)

@@ -89,6 +89,17 @@ def test_nowcast_and_backfill_flows(prefect_server, tmp_path, checkpoint, monkey
     assert set(pay["products"]) >= {"cube", "quicklook"} and all(Path(u).exists() for u in pay["products"].values())
     summary = backfill(start="2024-06-01T00:45Z", end="2024-06-01T01:00Z", **kw)
     assert summary == {"slots": 2, "done": 1, "skipped": 1, "failed": 0, "stale": 0}
+    # the quick-look artifact carries the animated loop of the ensemble mean: 00:45, 01:00, 01:15
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert nowcast(valid_time="2024-06-01T01:15", max_age_minutes=10**9, **kw)["status"] == "done"
+    md = max(prefect_artifacts("nowcast-quicklook"), key=lambda a: a.created).data
+    gif = base64.b64decode(md.split("data:image/gif;base64,")[1].split(")")[0])
+    img = Image.open(io.BytesIO(gif))
+    assert img.format == "GIF" and img.n_frames == 3 and max(img.size) <= 192 and len(gif) < 500_000
     assert "backfill" in str(prefect_artifacts("backfill")[0].key)
 
 
