@@ -11,11 +11,12 @@ import base64
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 
 from qpe_core.archive import Archive
 from qpe_core.config import load_settings
 from qpe_core.errors import ArchiveError
-from qpe_core.live_verification import render_series_png, update_live_scores
+from qpe_core.live_verification import render_series_png, update_live_scores, verification_events
 from qpe_core.products.cube import ProductCube
 
 COLUMNS = {"slots": "slots", "MAE": "MAE", "CSI_1": "CSI 1", "FSS_1_24km": "FSS 24 km", "CRPS": "CRPS",
@@ -77,6 +78,8 @@ def live_verification(products_url: str | None = None, archive_url: str | None =
     if result.get("reason"):
         log.warning("nothing to verify: %s", result["reason"])
     _publish(result)
+    for spec in verification_events(result, cfg.area, cfg.alert_min_csi, cfg.alert_max_crps, cfg.alert_min_slots):
+        emit_event(**spec)  # qpe.verification.scored, and .degraded below the configured skill (alerts)
     for name, agg in result["windows"].items():
         log.info("%s: %s slots, CSI 1 %s, CRPS %s", name, agg.get("slots"), agg.get("CSI_1"), agg.get("CRPS"))
     return result

@@ -370,18 +370,22 @@ def deploy(
     name: Annotated[Optional[list[str]], typer.Option(help="only this deployment (repeat for several)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be registered, send nothing")] = False,
 ):
-    """Create the work pools and register every deployment of FILE on the Prefect API (PREFECT_API_URL)."""
+    """Create the work pools and register every deployment of FILE on the Prefect API (PREFECT_API_URL),
+    then the alert automations of the automations.yaml next to FILE."""
     from prefect.settings import PREFECT_API_URL
 
+    from qpe_core import automations as alerts
     from qpe_core.deploy import deploy as run_deploy
     from qpe_core.deploy import load_project, plan, safe_url
 
     if dry_run:
-        spec = load_project(file, name)
+        spec, alerts_file = load_project(file, name), alerts.automations_file(file)
         rows, pools = plan(spec, file), [(p.name, p.type, "created if missing") for p in spec.pools()]
+        autos = alerts.plan(alerts.load_automations(alerts_file)) if alerts_file else []
+        warning = None
     else:
         result = run_deploy(file, name)
-        rows, pools = result.deployments, result.pools
+        rows, pools, autos, warning = result.deployments, result.pools, result.automations, result.warning
     out.print(f"Prefect API: {safe_url(PREFECT_API_URL.value())}" + ("  [bold](dry run)[/]" if dry_run else ""))
     table = Table("work pool", "type", "status")
     for p in pools:
@@ -394,6 +398,14 @@ def deploy(
                       r["concurrency"], "\n".join(f"{k}={v}" for k, v in r["parameters"].items()) or "-",
                       *(() if dry_run else (r["action"],)))
     out.print(table)
+    if autos:
+        table = Table("automation", "trigger", "action", *(() if dry_run else ("status",)))
+        for a in autos:
+            table.add_row(a["automation"], a["trigger"] + ("" if a["enabled"] else " (disabled)"), a["action"],
+                          *(() if dry_run else (a["status"],)))
+        out.print(table)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 from qpe_core.cli_study import study_cmd  # noqa: E402  (its own module: cli.py stays short)

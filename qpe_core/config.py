@@ -71,6 +71,17 @@ class Settings(BaseSettings):
                           "secret is not in the environment)")
     eumetsat_api_url: str | None = Field(
         None, description="EUMETSAT Data Store API root (default eumdac's https://api.eumetsat.int)")
+    alert_block: str = Field(
+        "qpe-alerts", min_length=1,
+        description="Prefect notification block of the alert automations (deployments/automations.yaml): a "
+                    "Custom Webhook block's name, or '<block-type-slug>/<name>' for another notification block")
+    alert_min_csi: float = Field(
+        0.2, ge=0.0, le=1.0, description="live verification emits qpe.verification.degraded when the 24 h "
+                                         "CSI at 1 mm/h is below this")
+    alert_max_crps: float | None = Field(
+        None, gt=0.0, description="... or when the 24 h CRPS (mm/h) is above this (None: CRPS not checked)")
+    alert_min_slots: int = Field(
+        8, ge=1, description="skill is judged only with at least this many scored slots in the last 24 h")
 
     @field_validator("area")
     @classmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -220,6 +220,8 @@ def plan(spec: ProjectSpec, path: str | Path = DEFAULT_FILE) -> list[dict[str, A
 class DeployResult:
     pools: list[tuple[str, str, str]]  # (name, type, "created" | "exists" | "exists as <type>")
     deployments: list[dict[str, Any]]  # plan rows + id and action ("created" | "updated")
+    automations: list[dict[str, Any]] = field(default_factory=list)  # qpe_core.automations rows
+    warning: str | None = None  # automations skipped (their notification block is missing)
 
 
 class _PullSteps:
@@ -284,13 +286,20 @@ def ensure_work_pools(pools: list[PoolSpec]) -> list[tuple[str, str, str]]:
 
 def deploy(path: str | Path = DEFAULT_FILE, names: list[str] | None = None) -> DeployResult:
     """Create missing work pools, then create or update every deployment of the file (or only
-    ``names``) against the configured Prefect API."""
+    ``names``) against the configured Prefect API, then the alert automations of the
+    ``automations.yaml`` next to it (:mod:`qpe_core.automations`; skipped with a warning when their
+    notification block does not exist)."""
     from prefect.client.orchestration import get_client
     from prefect.deployments.runner import RunnerDeployment
     from prefect.exceptions import ObjectNotFound
     from prefect.flows import load_flow_from_entrypoint
 
+    from qpe_core.automations import apply_automations, automations_file, load_automations
+
     spec = load_project(path, names)
+    alerts = automations_file(path)
+    if alerts:
+        load_automations(alerts)  # a mistake in the alerts file stops everything before anything is sent
     chosen = spec.deployments
     rows = plan(spec, path)
     pools = ensure_work_pools(spec.pools())
@@ -326,4 +335,5 @@ def deploy(path: str | Path = DEFAULT_FILE, names: list[str] | None = None) -> D
                 for sched in client.read_deployment(dep_id).schedules:
                     client.delete_deployment_schedule(dep_id, sched.id)
         row["id"] = str(dep_id)
-    return DeployResult(pools, rows)
+    automations, warning = apply_automations(alerts) if alerts else ([], None)
+    return DeployResult(pools, rows, automations, warning)

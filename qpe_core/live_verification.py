@@ -327,3 +327,36 @@ def render_series_png(series: list[dict], title: str = "live verification") -> b
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- events (alerts)
+VERIFICATION_SCORED = "qpe.verification.scored"
+VERIFICATION_DEGRADED = "qpe.verification.degraded"
+
+
+def verification_events(result: dict, area: str, min_csi: float, max_crps: float | None = None,
+                        min_slots: int = 8) -> list[dict]:
+    """Events of one run (keyword arguments of ``prefect.events.emit_event``): ``qpe.verification.scored``
+    always (24 h CSI / CRPS / slots as resource labels, the windows in the payload), and
+    ``qpe.verification.degraded`` when the last 24 h holds at least ``min_slots`` scored slots and its
+    CSI 1 mm/h is below ``min_csi`` or its CRPS above ``max_crps`` (undefined scores never degrade).
+    Prefect's triggers match labels as strings, never numbers: the threshold is decided here."""
+    day = result["windows"].get("24h", {})
+    csi, crps, slots = day.get("CSI_1"), day.get("CRPS"), int(day.get("slots") or 0)
+    def label(v):
+        return "none" if v is None else f"{v:.4f}"
+
+    resource = {"prefect.resource.id": f"qpe.verification.{area}", "prefect.resource.name": f"QPE verification {area}",
+                "qpe.area": area, "qpe.window": "24h", "qpe.slots": str(slots), "qpe.csi_1": label(csi),
+                "qpe.crps": label(crps)}
+    payload = {"now": result["now"], "slots": slots, "csi_1": csi, "crps": crps, "windows": result["windows"],
+               "min_csi": min_csi, "max_crps": max_crps, "min_slots": min_slots}
+    events = [{"event": VERIFICATION_SCORED, "resource": resource, "payload": payload}]
+    reasons = []
+    if slots >= min_slots and csi is not None and csi < min_csi:
+        reasons.append(f"CSI 1 mm/h {csi:.3f} < {min_csi:g}")
+    if slots >= min_slots and crps is not None and max_crps is not None and crps > max_crps:
+        reasons.append(f"CRPS {crps:.3f} mm/h > {max_crps:g}")
+    if reasons:
+        events.append({"event": VERIFICATION_DEGRADED, "resource": resource, "payload": payload | {"reasons": reasons}})
+    return events
