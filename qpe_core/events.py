@@ -1,8 +1,9 @@
 """Prefect events of the operational cycle: what another deployment or an automation can react to.
 
 * ``qpe.product.published``: one per slot whose products were written (nowcast and backfill).
-  Resource ``qpe.product.<area>.<slot>`` with labels ``qpe.area``, ``qpe.slot`` (ISO UTC) and
-  ``qpe.model`` (the checkpoint's kind); payload: slot, area, model kind and card path, the product
+  Resource ``qpe.product.<area>.<slot>`` with labels ``qpe.area``, ``qpe.slot`` (ISO UTC),
+  ``qpe.model`` (the checkpoint's kind) and ``qpe.missing_inputs`` (the count, as text: trigger
+  matching sees labels, not payloads); payload: slot, area, model kind and card path, the product
   URLs (COGs, quick-look, Zarr cube), the cycle's missing-input count and slots, members, rain area
   fraction and largest rate (mm/h).
 * ``qpe.input.missing``: one per SEVIRI input slot missing from a cycle's temporal stack. Resource
@@ -39,7 +40,8 @@ def cycle_events(res, checkpoint: str) -> list[dict]:
         out.append({"event": PRODUCT_PUBLISHED,
                     "resource": {"prefect.resource.id": f"qpe.product.{res.area}.{res.slot}",
                                  "prefect.resource.name": f"QPE {res.area} {res.slot}",
-                                 "qpe.area": res.area, "qpe.slot": res.slot, "qpe.model": res.model_kind},
+                                 "qpe.area": res.area, "qpe.slot": res.slot, "qpe.model": res.model_kind,
+                                 "qpe.missing_inputs": str(len(res.missing_inputs))},
                     "payload": {"slot": res.slot, "area": res.area, "model_kind": res.model_kind,
                                 "model_card": str(checkpoint), "products": dict(res.products),
                                 "missing_inputs": len(res.missing_inputs), "missing_slots": list(res.missing_inputs),

@@ -220,21 +220,24 @@ def test_failed_nowcast_and_qpe_events_send_notifications(prefect_server, alert_
     res = CycleResult("2024-06-01T12:00Z", "done", area="france-3km", missing_inputs=["2024-06-01T11:45Z",
                                                                                        "2024-06-01T11:30Z"])
     scores = {"now": "2024-06-01T12:10Z", "windows": {"24h": {"slots": 40, "CSI_1": 0.08, "CRPS": 0.4}}}
-    specs = [s for s in cycle_events(res, "ckpt") if s["event"] == "qpe.input.missing"]
+    complete = CycleResult("2024-06-01T11:45Z", "done", area="france-3km")  # no missing input: no alert
+    specs = [s for s in cycle_events(complete, "ckpt") + cycle_events(res, "ckpt")
+             if s["event"] == "qpe.product.published"]
     specs += verification_events(scores, "france-3km", min_csi=0.2, max_crps=0.3)
-    assert [s["event"] for s in specs] == ["qpe.input.missing"] * 2 + ["qpe.verification.scored",
-                                                                       "qpe.verification.degraded"]
+    assert [s["event"] for s in specs] == ["qpe.product.published"] * 2 + ["qpe.verification.scored",
+                                                                           "qpe.verification.degraded"]
     t1 = time.monotonic()
     for spec in specs:
         emit_event(**spec)
-    missing = receiver.wait_for("SEVIRI input", timeout=60)
+    missing = receiver.wait_for("SEVIRI input(s) missing", timeout=60)
     degraded = receiver.wait_for("live verification degraded", timeout=60)
     assert missing is not None and degraded is not None, receiver.posts
     print(f"missing-input notification after {missing['at'] - t1:.1f} s, degraded after {degraded['at'] - t1:.1f} s")
-    assert "missing for the cycle 2024-06-01T12:00Z (cycle done)" in " ".join(missing["body"].split())
+    assert "2024-06-01T12:00Z made with 2 SEVIRI input(s) missing" in missing["subject"]
+    assert "2024-06-01T11:45Z" in " ".join(missing["body"].split())
     assert "france-3km" in degraded["subject"]
     assert "CSI 1 mm/h 0.080 < 0.2; CRPS 0.400 mm/h > 0.3" in degraded["body"]
-    time.sleep(3.0)  # the second missing input of the same cycle is not alerted again
+    time.sleep(3.0)  # the complete cycle (11:45) was not alerted
     with receiver.lock:
         assert sum("SEVIRI input" in p["subject"] for p in receiver.posts) == 1
 
