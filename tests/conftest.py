@@ -111,20 +111,25 @@ def prefect_artifacts(key: str):
         return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
 
-def prefect_events(name: str, expect: int = 1, timeout: float = 30.0) -> list[dict]:
-    """Events named ``name`` stored on the Prefect server (``POST /events/filter``), waiting up to
-    ``timeout`` seconds for at least ``expect`` of them: events reach the server asynchronously."""
+def prefect_events(name: str, where=lambda e: True, resource_id: str | None = None,
+                   timeout: float = 30.0) -> list[dict]:
+    """Events named ``name`` (and of ``resource_id``) stored on the Prefect server
+    (``POST /events/filter``) for which ``where(event)`` holds, waiting up to ``timeout`` seconds for
+    one: events reach the server asynchronously, and the session's server holds other tests' too."""
     import time
 
     from prefect.client.orchestration import get_client
 
-    deadline, events = time.monotonic() + timeout, []
+    query: dict = {"event": {"name": [name]}}
+    if resource_id:
+        query["resource"] = {"id": [resource_id]}
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
-            r = client._client.post("/events/filter", json={"filter": {"event": {"name": [name]}}, "limit": 50})
+            r = client._client.post("/events/filter", json={"filter": query, "limit": 50})
             r.raise_for_status()
-            events = r.json()["events"]
-            if len(events) >= expect or time.monotonic() > deadline:
+            events = [e for e in r.json()["events"] if where(e)]
+            if events or time.monotonic() > deadline:
                 return events
             time.sleep(0.5)
 

@@ -82,8 +82,8 @@ def test_nowcast_and_backfill_flows(prefect_server, tmp_path, checkpoint, monkey
     assert out["status"] == "done" and out["members"] == 2
     assert prefect_artifacts("nowcast") and prefect_artifacts("nowcast-quicklook")
     # the server is shared by the session: this test's event is the one of its own checkpoint
-    (ev,) = [e for e in prefect_events("qpe.product.published") if e["resource"]["qpe.slot"] == "2024-06-01T01:00Z"
-             and e["payload"]["model_card"] == str(checkpoint)]
+    (ev,) = prefect_events("qpe.product.published", lambda e: e["payload"]["model_card"] == str(checkpoint),
+                           resource_id="qpe.product.france-3km.2024-06-01T01:00Z")
     assert ev["resource"]["prefect.resource.id"] == "qpe.product.france-3km.2024-06-01T01:00Z"
     assert ev["resource"]["qpe.area"] == "france-3km" and ev["resource"]["qpe.model"] == "residual-flow"
     pay = ev["payload"]

@@ -174,7 +174,7 @@ def test_disk_full_in_a_whole_nowcast_cycle(record, tmp_path):
     cube = tmp_path / "products" / "france-3km.zarr"
     assert cube_problems(cube) == [] and file_problems(products)[0] == []
     paths = publish_products(ensemble(TIME), products, "france-3km")
-    assert len(paths) == 8
+    assert len(paths) == 9  # cube, 6 COGs, quick-look, STAC item
     rec.corrupt = len(cube_problems(cube)) + len(file_problems(products)[0])
     assert pd.Timestamp(TIME) in set(__import__("qpe_core.products.cube", fromlist=["x"]).ProductCube.open(
         str(cube)).times())
