@@ -24,7 +24,7 @@ import xarray as xr
 
 from qpe_core.errors import ArchiveError, MissingSlotError
 from qpe_core.grids import get_spec
-from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY
+from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY, below_quality_to_nan
 from qpe_core.slots import BT_ATTRS, QUALITY_ATTRS, RAIN_ATTRS
 from qpe_core.timecube import (
     ALLOC_BLOCK,  # noqa: F401  (re-exported for callers and tests)
@@ -182,10 +182,8 @@ class Archive(TimeCube):
     def read_truth(self, time, min_quality: float = MIN_RAIN_QUALITY) -> np.ndarray:
         """``rain(y, x)`` mm/h as truth: NaN where the stored ``rain_quality`` is below ``min_quality``
         (NaN quality = not assessed = kept; :mod:`qpe_core.readers.radar_qc`)."""
-        rain = np.array(self.read_rain(time), dtype="float32")
-        if min_quality > 0:
-            rain[self.group["rain_quality"][self.index_of(time)] < min_quality] = np.nan
-        return rain
+        quality = self.group["rain_quality"][self.index_of(time)] if min_quality > 0 else None
+        return below_quality_to_nan(self.read_rain(time), quality, min_quality)
 
 
 def find_gaps(times: pd.DatetimeIndex, slot_minutes: int) -> list[tuple[pd.Timestamp, pd.Timestamp, int]]:

@@ -91,12 +91,14 @@ def _write_json(obj: dict, dest: str, storage_options: dict | None) -> str:
 def add_slot(products_url: str, area: str, slot, storage_options: dict | None = None) -> str:
     """Write the Item of ``slot`` and refresh the area's Collection and the root Catalog; returns the Item's URL."""
     cube = ProductCube.open(f"{_root(products_url)}/{area}.zarr", storage_options=storage_options)
-    item = slot_item(cube, slot, products_url)
-    base = f"{_root(products_url)}/stac/{area}"
-    url = _write_json(item.to_dict(include_self_link=False, transform_hrefs=False), f"{base}/items/{item.id}.json",
-                      storage_options)
+    url = _write_item(slot_item(cube, slot, products_url), products_url, area, storage_options)
     write_collection(products_url, area, storage_options)
     return url
+
+
+def _write_item(item, products_url: str, area: str, storage_options: dict | None) -> str:
+    return _write_json(item.to_dict(include_self_link=False, transform_hrefs=False),
+                       f"{_root(products_url)}/stac/{area}/items/{item.id}.json", storage_options)
 
 
 def write_collection(products_url: str, area: str, storage_options: dict | None = None) -> str:
@@ -135,11 +137,8 @@ def rebuild(products_url: str, storage_options: dict | None = None) -> dict[str,
     for path in sorted(fs.glob(f"{root}/*.zarr")):
         area = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
         cube = ProductCube.open(f"{root}/{area}.zarr", storage_options=storage_options)
-        base = f"{root}/stac/{area}"
         for t in cube.times():
-            item = slot_item(cube, t, products_url)
-            _write_json(item.to_dict(include_self_link=False, transform_hrefs=False),
-                        f"{base}/items/{item.id}.json", storage_options)
+            _write_item(slot_item(cube, t, products_url), products_url, area, storage_options)
         write_collection(products_url, area, storage_options)
         out[area] = len(cube.times())
     return out

@@ -69,10 +69,16 @@ def quality_control(rain: np.ndarray, qc: RadarQC | None = None) -> tuple[np.nda
     return out, counts
 
 
-def truth_mask(rain: np.ndarray, quality: np.ndarray | None, min_quality: float) -> np.ndarray:
-    """True where ``rain`` counts as truth: finite, and quality not below ``min_quality`` (NaN
-    quality = not assessed = kept)."""
-    ok = np.isfinite(rain)
+def below_quality_to_nan(rain: np.ndarray, quality: np.ndarray | None, min_quality: float) -> np.ndarray:
+    """``rain`` (float32 copy) with NaN where ``quality`` is below ``min_quality`` (NaN quality = not
+    assessed = kept; ``min_quality`` 0 keeps everything). The one rule training, evaluation and live
+    verification use (:meth:`Archive.read_truth`, ``PatchSampler``)."""
+    rain = np.array(rain, dtype="float32")
     if quality is not None and min_quality > 0:
-        ok &= ~(np.asarray(quality) < min_quality)
-    return ok
+        rain[np.asarray(quality) < min_quality] = np.nan
+    return rain
+
+
+def truth_mask(rain: np.ndarray, quality: np.ndarray | None, min_quality: float) -> np.ndarray:
+    """True where ``rain`` counts as truth: finite, and quality not below ``min_quality``."""
+    return np.isfinite(below_quality_to_nan(rain, quality, min_quality))

@@ -19,7 +19,7 @@ import torch
 from qpe_core.archive import Archive
 from qpe_core.errors import QpeError
 from qpe_core.models.transform import BTNormalizer, RainTransform
-from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY
+from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY, below_quality_to_nan
 from qpe_core.timeutil import to_utc
 
 
@@ -113,9 +113,7 @@ class PatchSampler:
         """``rain`` with NaN where the archive's ``rain_quality`` at ``where`` is below ``min_quality``."""
         if self.min_quality <= 0:
             return rain
-        rain = np.array(rain, dtype="float32")
-        rain[self.archive.group["rain_quality"][where] < self.min_quality] = np.nan
-        return rain
+        return below_quality_to_nan(rain, self.archive.group["rain_quality"][where], self.min_quality)
 
     def encode(self, bt: np.ndarray, rain: np.ndarray | None):
         """(lag, channel, y, x) K and (y, x) mm/h -> model tensors."""
