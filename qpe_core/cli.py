@@ -248,7 +248,7 @@ def predict(
     checkpoint: Annotated[Path, typer.Option(help="checkpoint directory")],
     members: Annotated[int, typer.Option(help="ensemble members")] = 16,
     steps: Annotated[Optional[int], typer.Option(help="sampler steps (default: the model's)")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="euler | heun | ddpm | ddim")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="the kind's samplers: euler | heun | midpoint (flows), stochastic | heun (ddpm), ddim | ancestral (ddpm param=vp)")] = None,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same ensemble)")] = 0,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("data/predictions"),

@@ -79,7 +79,7 @@ def archive(tmp_path_factory):
 
 def _cfg(archive, out, kind, **kw):
     return TrainConfig(archive=archive, kind=kind, out=str(out), max_steps=3, patch=32, batch_size=2,
-                       backbone=TINY, val_block="2h", val_fraction=0.5, val_patches=4, val_every=3, save_every=3, **kw)
+                       backbone=TINY, val_block="2h", val_fraction=0.5, val_patches=4, fit_patches=8, val_every=3, save_every=3, **kw)
 
 
 def test_training_freezes_the_unet_and_fits_scale_on_validation(archive, tmp_path):
@@ -89,7 +89,7 @@ def test_training_freezes_the_unet_and_fits_scale_on_validation(archive, tmp_pat
     for k, v in unet.items():  # the cascade's mean network is the U-Net, bit for bit
         assert torch.equal(cf["mean." + k[len("net."):]], v)
     assert card["mean_checkpoint"]["path"] == str(tmp_path / "unet")
-    assert card["mean_checkpoint"]["residual_fit_on"] == "validation patches"
+    assert card["mean_checkpoint"]["residual_fit_on"] == "8 validation patches"
     assert card["objective"]["residual_std"] != 1.0 and card["objective"]["residual_std"] > 0
     # the final EMA weights are calibrated on the validation patches, and the saved card says so
     assert card["objective"]["spread_knots"] and load_checkpoint(tmp_path / "cf").objective.spread_knots

@@ -408,7 +408,7 @@ class CountingNet(nn.Module):
 
 @pytest.mark.parametrize("kind,steps,sampler,expected", [
     ("flow", 4, "euler", 4), ("flow", 4, "heun", 7), ("flow", 3, "scaled-heun", 5), ("flow", 1, "heun", 1),
-    ("ddpm", 20, "ddim", 20), ("ddpm", 20, "ancestral", 20), ("ddpm", 1000, "ancestral", 1000), ("residual-flow", 4, "scaled-euler", 4),
+    ("ddpm", 20, "stochastic", 39), ("ddpm", 4, "heun", 7), ("ddpm", 1, "heun", 1), ("residual-flow", 4, "scaled-euler", 4),
     ("unet", 4, None, 0), ("cascade-flow", 4, "heun", 7), ("cascade-flow", 4, "midpoint", 8),
     ("cascade-flow", 3, "euler", 3),
 ])
@@ -418,6 +418,15 @@ def test_evals_per_member_matches_network_calls(kind, steps, sampler, expected):
     assert obj.evals_per_member(steps, sampler) == expected
     obj.sample(nets, torch.zeros(1, 3, 8, 8), members=1, steps=steps, sampler=sampler, generator=gen(0))
     assert sum(n.calls for n in nets.values()) == expected + obj.shared_evals()
+
+
+@pytest.mark.parametrize("steps,sampler,expected", [(20, "ddim", 20), (20, "ancestral", 20), (1000, "ancestral", 1000)])
+def test_vp_ddpm_evals_match_network_calls(steps, sampler, expected):
+    obj = make_objective("ddpm", param="vp")
+    net = CountingNet(1)
+    assert obj.evals_per_member(steps, sampler) == expected
+    obj.sample({"net": net}, torch.zeros(1, 3, 8, 8), steps=steps, sampler=sampler, generator=gen(0))
+    assert net.calls == expected
 
 
 def test_eval_counts_factory_and_errors():

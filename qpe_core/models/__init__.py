@@ -1,7 +1,7 @@
 """Models: value transforms, the U-Net backbone, training objectives and samplers (plain tensors).
 
 ``transform`` (mm/h and K <-> network units), ``backbone`` (:class:`UNet`), ``objectives``
-(regression, DDPM, flow matching, residual flow, cascade flow; :func:`make_objective`), ``samplers`` (Euler,
+(regression, DDPM (EDM or VP), flow matching, residual flow, cascade flow; :func:`make_objective`), ``samplers`` (Euler,
 Heun, DDPM ancestral, DDIM).
 """
 
@@ -18,13 +18,15 @@ from qpe_core.models.objectives import (
     objective_from_config,
 )
 from qpe_core.models.cascade import CascadeFlow
+from qpe_core.models.edm import EDMDiffusion, diffusion_objective
 from qpe_core.models.samplers import DiffusionSchedule, ddim, ddpm_ancestral, euler, heun, midpoint
 from qpe_core.models.transform import BTNormalizer, RainTransform
 
-OBJECTIVES[CascadeFlow.kind] = CascadeFlow  # registered here: cascade.py builds on objectives.py
+OBJECTIVES[CascadeFlow.kind] = CascadeFlow  # registered here: cascade.py and edm.py build on objectives.py
+OBJECTIVES["ddpm"] = diffusion_objective  # EDM preconditioning by default, param="vp" for Ho et al.'s
 
 __all__ = [
-    "DDPM", "OBJECTIVES", "CascadeFlow", "BTNormalizer", "DiffusionSchedule", "FlowMatching", "Objective", "RainTransform",
+    "DDPM", "OBJECTIVES", "CascadeFlow", "EDMDiffusion", "BTNormalizer", "DiffusionSchedule", "FlowMatching", "Objective", "RainTransform",
     "Regression", "ResidualFlow", "UNet", "build_networks", "ddim", "ddpm_ancestral", "euler", "heun",
     "make_objective", "midpoint", "objective_from_config",
 ]

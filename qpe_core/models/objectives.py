@@ -287,7 +287,7 @@ class DDPM(Objective):
         return len(self.schedule.timesteps(steps, self.t_start))
 
     def config(self):
-        return {"kind": self.kind, "T": self.T, "schedule": self.schedule_name, "clip_x0": self.clip_x0,
+        return {"kind": self.kind, "param": "vp", "T": self.T, "schedule": self.schedule_name, "clip_x0": self.clip_x0,
                 "data_mean": self.data_mean, "data_std": self.data_std, "start_alpha_bar": self.start_alpha_bar,
                 "prediction": self.prediction, "min_snr_gamma": self.min_snr_gamma}
 
@@ -441,9 +441,12 @@ def make_objective(kind: str, **kw) -> Objective:
 
 def objective_from_config(config: dict) -> Objective:
     """The objective a model card's ``objective`` entry describes (``config()`` output). Cards that
-    predate v-prediction have a DDPM entry without ``prediction``: those networks predict eps."""
+    predate v-prediction have a DDPM entry without ``prediction``: those networks predict eps; cards
+    that predate EDM (no ``param``) are the discrete VP DDPM."""
     config = dict(config)
-    if config.get("kind") == "ddpm" and "prediction" not in config:
+    if config.get("kind") == "ddpm" and "param" not in config:  # before EDM: the discrete VP DDPM
+        config["param"] = "vp"
+    if config.get("kind") == "ddpm" and config["param"] == "vp" and "prediction" not in config:
         config.update(prediction="eps", min_snr_gamma=None)
     return make_objective(**config)
 

@@ -1,0 +1,197 @@
+"""Choose sampling-time settings on the VALIDATION period of a study, never on its held-out cases.
+
+    python scripts/validation_draws.py data/study/cpu cascade-flow --cases 16
+    python scripts/validation_draws.py data/study/cpu ddpm --cases 16
+
+Draws the checkpoint ``STUDY/ck/MODEL`` on ``--cases`` slots spread over its own validation time
+blocks (the blocks its training held out, ``training.dataset.block_split``; no training patch comes from
+them), central window and members as the study's profile, and scores the variants below with the
+study's own scoring (wet fraction, q99, spectrum, FSS, spread/skill, CRPS, per-case maxima):
+
+* ``cascade-flow``: the residual is drawn once and composed with every clip / bound variant;
+* ``ddpm``: each sampler setting is a separate draw.
+
+Prints one line per variant and writes ``STUDY/validation/MODEL.json``. Rain in mm/h.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def validation_cases(study: Path, model: str, n: int) -> pd.DatetimeIndex:
+    from qpe_core.archive import Archive
+    from qpe_core.training.checkpoint import load_checkpoint
+    from qpe_core.training.dataset import block_split, valid_times
+
+    card = load_checkpoint(study / "ck" / model).card
+    cfg = card["config"]
+    arc = Archive.open(cfg["archive"])
+    times = valid_times(arc, cfg["lags"], cfg["min_radar_coverage"], cfg["start"], cfg["end"])
+    _, val_t = block_split(times, cfg["val_fraction"], cfg["val_block"], len(cfg["lags"]),
+                           slot_minutes=arc.slot_minutes, seed=cfg["seed"])
+    return val_t[np.linspace(0, len(val_t) - 1, min(n, len(val_t))).astype(int)]
+
+
+def _inputs(study, prof, times):
+    from qpe_core.archive import Archive
+    from qpe_core.evaluation import _window_slices
+    from qpe_core.grids import get_spec
+
+    arc = Archive.open(str(study / "archive.zarr"))
+    spec = get_spec(arc.area)
+    from qpe_core.study import _window
+    ys, xs = _window_slices(_window(prof), (spec.height, spec.width))
+    truth = np.stack([arc.read_truth(t)[ys, xs] for t in times])
+    return arc, ys, xs, truth
+
+
+def _stack(model, arc, t, ys, xs):
+    """BT stack ``(lag, channel, y, x)`` K of the window and the current slot's validity."""
+    from qpe_core.stack import temporal_stack
+
+    st = temporal_stack(arc, t, model.card["lags"], model.card["channels"])
+    return np.ascontiguousarray(st["bt"].values[..., ys, xs]), st["valid"].values[0, ys, xs].astype(bool)
+
+
+def score(truth, forecasts, times, prof):
+    from qpe_core.evaluation import pixel_km_of, score_ensembles
+    from qpe_core.report import summarize
+    from qpe_core.report.mission import member_scores
+    from qpe_core.study import _window
+
+    pk = pixel_km_of(prof.area)
+    metrics = score_ensembles(truth, forecasts, pd.DatetimeIndex(times), pk, area=prof.area, window=_window(prof))
+    out = {}
+    for name, entry in metrics["models"].items():
+        s = summarize(entry)
+        ms = member_scores(truth, forecasts[name], max(1, round(24.0 / pk)))
+        ratios = np.array(ms["max_ratio"])
+        out[name] = {k: s.get(k) for k in ("FSS_1_24km", "wet_fraction_ratio", "q99_ratio", "q99.9_ratio",
+                                            "spectrum_ratio_10_50km", "spread_skill", "CRPS", "rank_RI")}
+        out[name].update(fss_member0=ms["fss_member0"], worst_max=float(np.nanmax(ratios)),
+                         cases_over_2=int((ratios > 2).sum()), largest=float(np.nanmax(ms["case_max"])))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("study", type=Path)
+    ap.add_argument("model")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--cases", type=int, default=16)
+    args = ap.parse_args(argv)
+    from qpe_core.study import PROFILES
+    from qpe_core.training.checkpoint import load_checkpoint
+
+    prof = PROFILES[args.profile]
+    times = validation_cases(args.study, args.model, args.cases)
+    arc, ys, xs, truth = _inputs(args.study, prof, times)
+    torch.set_grad_enabled(False)
+    model = load_checkpoint(args.study / "ck" / args.model, "cpu")
+    variants = (cascade_variants if model.card["kind"] == "cascade-flow" else ddpm_variants)(
+        model, arc, times, ys, xs, prof.members)
+    res = score(truth, variants, times, prof)
+    for name, r in res.items():
+        print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+    (args.study / "validation").mkdir(exist_ok=True)
+    (args.study / "validation" / f"{args.model}.json").write_text(json.dumps(
+        {"times": [str(t) for t in times], "variants": res}, indent=1))
+    return 0
+
+
+def _to_mm(model, y, valid):
+    from qpe_core.training.inference import MAX_RAIN_MM_H
+
+    rain = model.transform.inverse(y.float()).clamp(max=MAX_RAIN_MM_H).numpy().astype("float32")
+    rain[:, ~valid] = np.nan
+    return rain
+
+
+def fit_patches(model, n: int):
+    """The first ``n`` validation patches of the model's training (``train._val_set``, same seed)."""
+    from qpe_core.archive import Archive
+    from qpe_core.training.dataset import PatchSampler, block_split, valid_times
+    from qpe_core.training.train import _val_set
+
+    cfg = model.card["config"]
+    arc = Archive.open(cfg["archive"])
+    times = valid_times(arc, cfg["lags"], cfg["min_radar_coverage"], cfg["start"], cfg["end"])
+    _, val_t = block_split(times, cfg["val_fraction"], cfg["val_block"], len(cfg["lags"]),
+                           slot_minutes=arc.slot_minutes, seed=cfg["seed"])
+    sampler = PatchSampler(arc, cfg["lags"], model.card["channels"], model.normalizer, model.transform, cfg["patch"],
+                           min_quality=cfg.get("min_rain_quality", 0.05))
+    return _val_set(sampler, val_t, n, cfg["seed"])
+
+
+def clip_variants(model, patches=(256,), quantiles=(0.999, 0.995, 0.99)) -> dict:
+    """``{name: clip_knots}``: the clip refitted on more validation patches at other quantiles (the
+    scale knots, which the flow was trained with, are kept)."""
+    obj, out = model.objective, {}
+    saved = (obj.clip_knots, obj.clip_quantile)
+    for n in patches:
+        val = fit_patches(model, n)
+        for q in quantiles:
+            obj.clip_quantile = q
+            obj.fit_clip({"mean": model.nets["mean"]}, *val)
+            out[f"clip-q{q}-{n}p"] = obj.clip_knots
+            print("clip", n, q, [round(k[2], 2) for k in obj.clip_knots[-6:]], flush=True, file=sys.stderr)
+    obj.clip_knots, obj.clip_quantile = saved
+    return out
+
+
+def cascade_variants(model, arc, times, ys, xs, members):
+    """Raw residual drawn once per case (seed k), then composed with every variant of the clip."""
+    obj, nets = model.objective, model.nets
+    trained = obj.clip_knots
+    knots = {"as-trained": trained, **clip_variants(model)}
+    variants = {}
+    for k, t in enumerate(times):
+        bt, valid = _stack(model, arc, t, ys, xs)
+        cond = model.normalizer.condition(torch.from_numpy(bt)[None])
+        gen = torch.Generator().manual_seed(k)
+        u, mean = obj._sample_u(nets, cond, members, None, None, gen, None)
+        for name, ck in knots.items():
+            obj.clip_knots = ck
+            y = _compose(obj, u, mean).reshape(members, *u.shape[-2:])
+            variants.setdefault(name, []).append(_to_mm(model, y, valid))
+        print(f"case {k} {t}", flush=True, file=sys.stderr)
+    obj.clip_knots = trained
+    return {n: np.stack(v) for n, v in variants.items()}
+
+
+def _compose(obj, u, mean):
+    u = obj.clip_residual(obj.calibrate_residual(u, mean), mean)
+    return mean + obj.scale(mean) * u
+
+
+def ddpm_variants(model, arc, times, ys, xs, members):
+    from qpe_core.training.inference import ensemble
+
+    out = {}
+    for name, (steps, sampler, churn) in DDPM_VARIANTS.items():
+        model.objective.churn = churn
+        fields = []
+        for k, t in enumerate(times):
+            bt, valid = _stack(model, arc, t, ys, xs)
+            rain = ensemble(model, bt, members, steps, seed=k, sampler=sampler)
+            rain[:, ~valid] = np.nan
+            fields.append(rain)
+        out[name] = np.stack(fields)
+        print(name, "drawn", flush=True, file=sys.stderr)
+    return out
+
+
+DDPM_VARIANTS = {"heun-32": (32, "heun", 0.0), "stochastic-32-churn40": (32, "stochastic", 40.0),
+                 "stochastic-32-churn10": (32, "stochastic", 10.0), "heun-18": (18, "heun", 0.0)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
