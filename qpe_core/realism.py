@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 from qpe_core.config import DEFAULT_CHANNELS
+from qpe_core.motion import masked_xcorr as _xcorr
+from qpe_core.motion import xcorr_peak as _peak
 from qpe_core.verification.realism import WET_MM_H, RadialSpectrum, spectral_slope
 from qpe_core.verification.suite import json_safe
 
@@ -100,34 +102,6 @@ def _pairs(frames: Iterable, slot_minutes: int):
 def _phi(n11: float, n10: float, n01: float, n00: float) -> float:
     den = np.sqrt((n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00))
     return float((n11 * n00 - n10 * n01) / den) if den > 0 else float("nan")
-
-
-def _xcorr(a: np.ndarray, b: np.ndarray, va: np.ndarray, vb: np.ndarray, m: int) -> np.ndarray:
-    """Masked normalised cross-correlation (Pearson over the pixels valid in a(x) and b(x + d)),
-    shifts d = (dy, dx) in [-m, m]^2; NaN where undefined (fewer than 16 pixels or no variance)."""
-    shape = (a.shape[0] + m, a.shape[1] + m)                 # zero padding: no wrap-around within m
-    idx = np.arange(-m, m + 1)                               # negative shifts wrap to the end
-
-    def xc(p, q):
-        return np.fft.irfft2(np.conj(np.fft.rfft2(p, shape)) * np.fft.rfft2(q, shape), shape)[np.ix_(idx, idx)]
-    a, b, ma, mb = np.where(va, a, 0.0), np.where(vb, b, 0.0), va.astype(float), vb.astype(float)
-    n, sa, sb = np.round(xc(ma, mb)), xc(a, mb), xc(ma, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var = (xc(a * a, mb) - sa**2 / n) * (xc(ma, b * b) - sb**2 / n)
-        c = (xc(a, b) - sa * sb / n) / np.sqrt(var)
-    return np.where((n >= 16) & (var > 1e-12 * np.maximum(n, 1) ** 2), c, np.nan)
-
-
-def _peak(c: np.ndarray, m: int) -> tuple[float, float]:
-    """(dy, dx) of the maximum of ``c`` (shifts -m..m) refined by a parabola along each axis."""
-    i, j = np.unravel_index(np.nanargmax(c), c.shape)
-
-    def refine(lo, mid, hi):
-        den = lo - 2 * mid + hi
-        return 0.0 if not np.isfinite(den) or den >= 0 else 0.5 * (lo - hi) / den
-    dy = refine(c[i - 1, j], c[i, j], c[i + 1, j]) if 0 < i < c.shape[0] - 1 else 0.0
-    dx = refine(c[i, j - 1], c[i, j], c[i, j + 1]) if 0 < j < c.shape[1] - 1 else 0.0
-    return i - m + dy, j - m + dx
 
 
 def rain_statistics(frames: Iterable, pixel_km: float, slot_minutes: int = 15,

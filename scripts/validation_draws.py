@@ -101,6 +101,13 @@ def main(argv=None) -> int:
     res = score(truth, variants, times, prof)
     for name, r in res.items():
         print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+        if MEANS:  # where each case's largest member value is: truth max, member max, mean and truth there
+            f = variants[name]
+            for i in range(len(times)):
+                j = np.unravel_index(np.nanargmax(f[i]), f[i].shape)
+                print(f"  case {i}: truth max {np.nanmax(truth[i]):.1f}, member max {f[i][j]:.1f}, "
+                      f"mean there {MEANS[i][j[1:]]:.1f}, truth there {truth[i][j[1:]]:.1f}, "
+                      f"mean max {np.nanmax(MEANS[i]):.1f}")
     (args.study / "validation").mkdir(exist_ok=True)
     (args.study / "validation" / f"{args.model}.json").write_text(json.dumps(
         {"times": [str(t) for t in times], "variants": res}, indent=1))
@@ -131,7 +138,7 @@ def fit_patches(model, n: int):
     return _val_set(sampler, val_t, n, cfg["seed"])
 
 
-def clip_variants(model, patches=(256,), quantiles=(0.999, 0.995, 0.99)) -> dict:
+def clip_variants(model, patches=(256,), quantiles=(0.999, 0.995, 0.99, 0.98)) -> dict:
     """``{name: clip_knots}``: the clip refitted on more validation patches at other quantiles (the
     scale knots, which the flow was trained with, are kept)."""
     obj, out = model.objective, {}
@@ -158,6 +165,7 @@ def cascade_variants(model, arc, times, ys, xs, members):
         cond = model.normalizer.condition(torch.from_numpy(bt)[None])
         gen = torch.Generator().manual_seed(k)
         u, mean = obj._sample_u(nets, cond, members, None, None, gen, None)
+        MEANS.append(_to_mm(model, mean[:1, 0], valid)[0])
         for name, ck in knots.items():
             obj.clip_knots = ck
             y = _compose(obj, u, mean).reshape(members, *u.shape[-2:])
@@ -165,6 +173,9 @@ def cascade_variants(model, arc, times, ys, xs, members):
         print(f"case {k} {t}", flush=True, file=sys.stderr)
     obj.clip_knots = trained
     return {n: np.stack(v) for n, v in variants.items()}
+
+
+MEANS: list = []  # the cascade's mean field (mm/h) of each case, for the diagnostics
 
 
 def _compose(obj, u, mean):

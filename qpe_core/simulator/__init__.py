@@ -61,6 +61,8 @@ class Simulator:
     ``step`` so that anvils and histories are developed; ``params``/``cloud_params`` tuning
     constants; ``workers`` FFT threads (results do not depend on it)."""
 
+    dynamics_class = Dynamics       # the radar-driven simulator (:mod:`.rain_driven`) swaps in its own
+
     def __init__(self, shape: tuple[int, int], pixel_km: float, seed: int, lon=None, lat=None,
                  channels: Sequence[str] = DEFAULT_CHANNELS, slot_minutes: int = 15,
                  spinup_slots: int = 16, params: FieldParams | None = None,
@@ -84,7 +86,7 @@ class Simulator:
         workers = workers or min(4, os.cpu_count() or 1)
         self.geo = Geometry(lon, lat)
         rng = [np.random.default_rng(s) for s in seeds]
-        self.dynamics = Dynamics(shape, pixel_km, rng[0], slot_minutes, params, workers)
+        self.dynamics = self.dynamics_class(shape, pixel_km, rng[0], slot_minutes, params, workers)
         self.radiance = RadianceModel(self.geo, self.channels, rng[1])
         self.surface = self._surface(rng[2])
         self.cloud_params = cloud_params or CloudParams()

@@ -359,8 +359,7 @@ class Dynamics:
         diurnal + seasonal, see :func:`radiance.convective_forcing`)."""
         p = self.p
         uth, rh = self._evolve()
-        updraft = (math.sqrt(1 - p.conv_mix ** 2) * self.lower[CONV] + p.conv_mix * self.envelope
-                   + p.conv_diurnal * forcing).astype(np.float32)
+        updraft = self._updraft(forcing)
         if not self.started:
             self.lower[3:] = updraft
             self.started = True
@@ -369,7 +368,7 @@ class Dynamics:
         rain_latent = (w1 * self.lower[2 + l1] + w2 * self.lower[2 + l2]) * self.lag_norm
         self.lower[4:] = self.lower[3:-1]          # push the updraft history
         self.lower[3] = updraft
-        strat = math.sqrt(1 - p.strat_mix ** 2) * self.lower[STRAT] + p.strat_mix * self.envelope
+        strat = self._strat()
         r_s, r_c = self._rain(strat, rain_latent)
         rain = np.minimum(r_s + r_c, p.max_rain_mmh)
         rain[rain < p.min_rain_mmh] = 0.0
@@ -377,6 +376,25 @@ class Dynamics:
                           self.lower[LOW].copy(), self.upper[0].copy(), self.upper[1].copy(),
                           special.expit(1.5 * uth - 0.2).astype(np.float32),
                           special.expit(1.5 * rh).astype(np.float32))
+
+    def _updraft(self, forcing: np.ndarray) -> np.ndarray:
+        """Convective latent now (std units): the conv field, the instability envelope and ``forcing``."""
+        p = self.p
+        return (math.sqrt(1 - p.conv_mix ** 2) * self.lower[CONV] + p.conv_mix * self.envelope
+                + p.conv_diurnal * forcing).astype(np.float32)
+
+    def _strat(self) -> np.ndarray:
+        """Stratiform latent now (std units, with the envelope)."""
+        p = self.p
+        return math.sqrt(1 - p.strat_mix ** 2) * self.lower[STRAT] + p.strat_mix * self.envelope
+
+    def _strat_threshold(self, strat: np.ndarray) -> float:
+        """Set ``strat_thr`` (rain above it) so the wet fraction follows the wetness (2-22 %)."""
+        p = self.p
+        frac = min(max(p.strat_fraction * math.exp(p.wetness_sd * self.wetness), 0.02), 0.22)
+        k = int(frac * strat.size)
+        self.strat_thr = float(np.partition(strat.ravel(), strat.size - k - 1)[strat.size - k - 1])
+        return self.strat_thr
 
     def _evolve(self):
         """Move the latent state one slot (nothing on the first call); returns humidity latents."""
@@ -400,9 +418,7 @@ class Dynamics:
     def _rain(self, strat: np.ndarray, rain_latent: np.ndarray):
         """Stratiform and convective rain rates (mm/h)."""
         p = self.p
-        frac = min(max(p.strat_fraction * math.exp(p.wetness_sd * self.wetness), 0.02), 0.22)
-        k = int(frac * strat.size)
-        self.strat_thr = float(np.partition(strat.ravel(), strat.size - k - 1)[strat.size - k - 1])
+        self._strat_threshold(strat)
         mu_s = math.log(p.strat_median_mmh) + p.strat_wetness_ln * self.wetness
         r_s = lognormal_ranked(strat, self.strat_thr, mu_s, p.strat_sigma_ln)
         mu_c = math.log(p.conv_median_mmh) + p.efficiency_ln * self.efficiency
