@@ -179,6 +179,12 @@ class Archive(TimeCube):
             raise MissingSlotError(f"radar slot {iso(time)} is not in {self.url}")
         return self.group["rain"][self.index_of(time)]
 
+    def read_rain_quality(self, time) -> np.ndarray:
+        """``rain_quality(y, x)`` (0-1, NaN = not assessed) of a complete radar slot."""
+        if not self.has_slot(time, "rain"):
+            raise MissingSlotError(f"radar slot {iso(time)} is not in {self.url}")
+        return self.group["rain_quality"][self.index_of(time)]
+
     def read_truth(self, time, min_quality: float = MIN_RAIN_QUALITY) -> np.ndarray:
         """``rain(y, x)`` mm/h as truth: NaN where the stored ``rain_quality`` is below ``min_quality``
         (NaN quality = not assessed = kept; :mod:`qpe_core.readers.radar_qc`)."""

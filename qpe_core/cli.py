@@ -137,24 +137,6 @@ def ingest_radar_cmd(
     _print_report(report)
 
 
-@app.command()
-def simulate(
-    start: Annotated[str, typer.Option(help="first slot, ISO UTC, e.g. 2024-06-01T00:00Z")],
-    periods: Annotated[int, typer.Option(help="number of slots", min=1)] = 96,
-    area: Area = None, archive: ArchiveUrl = None,
-    seed: Annotated[int, typer.Option(help="random seed (same seed, same data)")] = 0,
-):
-    """Simulate co-located SEVIRI and radar slots and write them to the archive."""
-    from qpe_core.simulate_archive import simulate_to_archive
-
-    cfg = settings(area=area, archive_url=archive)
-    arc = _open_archive(cfg.resolved_archive_url(), cfg.area, cfg.channels, cfg.slot_minutes)
-    with progress_bar(periods, "simulate") as step:
-        stats = simulate_to_archive(arc, start, periods, seed, progress=step)
-    out.print(f"simulated {stats['slots']} slots into {arc.url} "
-              f"({stats['slots_per_s']:.1f} slots/s, mean wet fraction {stats['wet_fraction']:.1%})")
-
-
 @archive_app.command("info")
 def archive_info(url: Annotated[str, typer.Argument(help="archive cube path or s3:// URL")],
                  as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False):
@@ -411,9 +393,11 @@ def deploy(
 from qpe_core.cli_study import study_cmd  # noqa: E402  (its own module: cli.py stays short)
 
 from qpe_core.cli_realism import realism_cmd  # noqa: E402
+from qpe_core.cli_simulate import simulate_cmd  # noqa: E402
 
 app.command("study")(study_cmd)
 app.command("realism")(realism_cmd)
+app.command("simulate")(simulate_cmd)
 
 
 def main() -> None:

@@ -379,14 +379,12 @@ class Dynamics:
 
     def _updraft(self, forcing: np.ndarray) -> np.ndarray:
         """Convective latent now (std units): the conv field, the instability envelope and ``forcing``."""
-        p = self.p
-        return (math.sqrt(1 - p.conv_mix ** 2) * self.lower[CONV] + p.conv_mix * self.envelope
-                + p.conv_diurnal * forcing).astype(np.float32)
+        return (math.sqrt(1 - self.p.conv_mix ** 2) * self.lower[CONV] + self.p.conv_mix * self.envelope
+                + self.p.conv_diurnal * forcing).astype(np.float32)
 
     def _strat(self) -> np.ndarray:
         """Stratiform latent now (std units, with the envelope)."""
-        p = self.p
-        return math.sqrt(1 - p.strat_mix ** 2) * self.lower[STRAT] + p.strat_mix * self.envelope
+        return math.sqrt(1 - self.p.strat_mix ** 2) * self.lower[STRAT] + self.p.strat_mix * self.envelope
 
     def _strat_threshold(self, strat: np.ndarray) -> float:
         """Set ``strat_thr`` (rain above it) so the wet fraction follows the wetness (2-22 %)."""

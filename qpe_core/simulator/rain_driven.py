@@ -33,8 +33,11 @@ diurnal and latitudinal surface, parallax, the two-layer radiative model and sen
   below the tower threshold: no convective tower (and no anvil source) without radar rain.
 * Stratiform latent, from the rain at t only (the simulator's stratiform rain has no lag): the
   inverse of the lognormal of stratiform rates above the simulator's current rain threshold; rain
-  below ``min_rain_mmh`` (0.1 mm/h) is dry.  Dry pixels keep the simulator's own latent capped below
-  the threshold, raised to a non-raining nimbostratus deck within ~10 km of rain.
+  below ``min_rain_mmh`` (0.1 mm/h) is dry.  Within ~10 km of rain a dry pixel is raised to a
+  non-raining deck just below the threshold (the simulator's decks reach 0.7 sd below it).
+  Elsewhere the simulator's own latent is kept, its decks squeezed into the lower half of that band
+  (:data:`DRY_DECK`: tops below ~3.6 km, optical depth below 15): its own rain areas would
+  otherwise become rain-free decks as high and thick as raining ones.
 * NaN rain (no radar): holes of at most :data:`HOLE_PX` pixels (quality control) take the nearest
   radar value for the synthesis (the rain written stays NaN); larger areas are rain-free
   simulator cloud.
@@ -61,6 +64,7 @@ from qpe_core.timeutil import to_utc
 
 STRAT_MAX_MM_H = 5.0                  # stratiform part of a rate at most this (mm/h); the rest is convective
 HOLE_PX = 2                           # NaN holes up to this distance (pixels) are filled for the synthesis
+DRY_DECK = 0.5                        # the simulator's own rain-free decks: lower half of its deck band
 DECK_SIGMA_KM = 15.0                  # smoothing of the wet area that raises decks next to rain (km)
 MAX_SPEED_KM_H = 150.0                # largest rain motion searched (km/h)
 SPINUP_SLOTS = 8                      # dynamics slots run before the first (2 h at 15 min: anvils develop)
@@ -156,14 +160,16 @@ def driven_strat(rain: Frame, strat_sim: np.ndarray, thr: float, mu_s: float, fp
                  pixel_km: float) -> np.ndarray:
     """Stratiform latent (std units) at t from the rain at t (see the module docstring); ``thr`` is
     the simulator's current rain threshold of the latent, ``strat_sim`` its own latent."""
-    dry = np.minimum(strat_sim, np.float32(thr - _BELOW))
+    edge = thr - fp.strat_cloud_margin                     # decks above this (cloud_layers' deck_thr)
+    band = DRY_DECK * fp.strat_cloud_margin
+    own = np.where(strat_sim > edge, edge + band * np.tanh(np.maximum(strat_sim - edge, 0.0) / band), strat_sim)
     wet = np.zeros(strat_sim.shape, bool) if rain is None else np.nan_to_num(rain, nan=0.0) >= fp.min_rain_mmh
     if not wet.any():
-        return dry.astype(np.float32)
+        return own.astype(np.float32)
     near = ndimage.gaussian_filter(wet.astype(np.float32), DECK_SIGMA_KM / pixel_km, mode="nearest")
-    # a deck (within strat_cloud_margin below the threshold) where at least ~1/4 of the surroundings rain
+    # a full deck (up to just below the threshold) where at least ~1/4 of the surroundings rain
     floor = thr - _BELOW - 2.0 * fp.strat_cloud_margin * (1.0 - np.minimum(2.0 * near, 1.0))
-    out = np.minimum(np.maximum(strat_sim, floor), np.float32(thr - _BELOW)).astype(np.float32)
+    out = np.minimum(np.maximum(own, floor), np.float32(thr - _BELOW)).astype(np.float32)
     out[wet] = latent_from_rain(np.minimum(rain[wet], STRAT_MAX_MM_H), thr, mu_s, fp.strat_sigma_ln)
     return out
 
