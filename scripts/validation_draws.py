@@ -201,7 +201,7 @@ def ddpm_variants(model, arc, times, ys, xs, members):
 
 
 DDPM_VARIANTS = {"heun-32": (32, "heun", 0.0), "stochastic-32-churn40": (32, "stochastic", 40.0),
-                 "stochastic-32-churn10": (32, "stochastic", 10.0), "heun-18": (18, "heun", 0.0)}
+                 "heun-18": (18, "heun", 0.0)}
 
 
 if __name__ == "__main__":
