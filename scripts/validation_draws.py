@@ -200,8 +200,7 @@ def ddpm_variants(model, arc, times, ys, xs, members):
     return out
 
 
-DDPM_VARIANTS = {"heun-32": (32, "heun", 0.0), "stochastic-32-churn40": (32, "stochastic", 40.0),
-                 "heun-18": (18, "heun", 0.0)}
+DDPM_VARIANTS = {"heun-18": (18, "heun", 0.0), "stochastic-18-churn40": (18, "stochastic", 40.0)}
 
 
 if __name__ == "__main__":
