@@ -168,7 +168,10 @@ class CascadeFlow(FlowMatching):
         residual (``g`` kept in [0.5, 2]); bins whose scale is the floor (certain dry, where the sd is
         that of a few misses) are left as drawn. An under-trained flow draws too narrow a residual where
         rain is moderate (sd 0.73 for a held-out 0.95 at 2-5 mm/h, measured), which shortens q99
-        and the spread. 0 members = off. Returns the fitted knots' summary."""
+        and the spread. With a clip, ``a`` and ``g`` are iterated until the CLIPPED residual has the
+        held-out mean and sd (``g`` in [0.5, 3]): fitted before the clip, the 2/98 % clip took back
+        part of the spread (held-out spread/skill 0.75, q99 0.83, spectrum 0.79 of truth, measured).
+        0 members = off. Returns the fitted knots' summary."""
         if self.calibrate_members < 1 or not self.scale_knots:
             return None
         y, valid = _valid(target, mask)
@@ -188,9 +191,16 @@ class CascadeFlow(FlowMatching):
             if scale <= self.scale_floor or int(sel.sum()) < 20:  # floored bins: rare misses, noisy sd
                 knots.append([x, 0.0, 1.0])
                 continue
-            a_t, a_s = ut[sel], us[:, sel].reshape(-1)
+            a_t, a_s = ut[sel], us[:, sel]
             g = float((a_t.std() / a_s.std().clamp_min(1e-6)).clamp(0.5, 2.0))
-            knots.append([x, float(a_t.mean()) - g * float(a_s.mean()), g])
+            a = float(a_t.mean()) - g * float(a_s.mean())
+            if self.clip_knots:  # match the moments of what is drawn: the residual AFTER the clip
+                lo, hi = self._clip_bounds(m_t[sel])
+                for _ in range(6):
+                    c = torch.minimum(torch.maximum(a + g * a_s, lo), hi)
+                    g = float((g * a_t.std() / c.std().clamp_min(1e-6)).clamp(0.5, 3.0))
+                    a += float(a_t.mean()) - float(torch.minimum(torch.maximum(a + g * a_s, lo), hi).mean())
+            knots.append([x, a, g])
         self.spread_knots = knots or None
         return {"bins": len(knots), "gain": [round(k[2], 3) for k in knots]}
 
@@ -201,12 +211,15 @@ class CascadeFlow(FlowMatching):
         kx = [k[0] for k in self.spread_knots]
         return _interp(mean, kx, [k[1] for k in self.spread_knots]) + _interp(mean, kx, [k[2] for k in self.spread_knots]) * u
 
+    def _clip_bounds(self, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kx = [k[0] for k in self.clip_knots]
+        return _interp(mean, kx, [k[1] for k in self.clip_knots]), _interp(mean, kx, [k[2] for k in self.clip_knots])
+
     def clip_residual(self, u: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """``u`` kept inside the range the held-out normalised residual had at the same mean value."""
         if not self.clip_knots:
             return u
-        kx = [k[0] for k in self.clip_knots]
-        lo, hi = _interp(mean, kx, [k[1] for k in self.clip_knots]), _interp(mean, kx, [k[2] for k in self.clip_knots])
+        lo, hi = self._clip_bounds(mean)
         return torch.minimum(torch.maximum(u, lo), hi)
 
     def loss(self, nets, cond, target, mask=None, generator=None):
