@@ -26,17 +26,22 @@ import pandas as pd
 import torch
 
 
-def validation_cases(study: Path, model: str, n: int) -> pd.DatetimeIndex:
+def _validation_times(cfg: dict):
+    """(archive, validation times) of a training run's config, as ``train()`` splits them."""
     from qpe_core.archive import Archive
-    from qpe_core.training.checkpoint import load_checkpoint
     from qpe_core.training.dataset import block_split, valid_times
 
-    card = load_checkpoint(study / "ck" / model).card
-    cfg = card["config"]
     arc = Archive.open(cfg["archive"])
     times = valid_times(arc, cfg["lags"], cfg["min_radar_coverage"], cfg["start"], cfg["end"])
     _, val_t = block_split(times, cfg["val_fraction"], cfg["val_block"], len(cfg["lags"]),
                            slot_minutes=arc.slot_minutes, seed=cfg["seed"])
+    return arc, val_t
+
+
+def validation_cases(study: Path, model: str, n: int) -> pd.DatetimeIndex:
+    from qpe_core.training.checkpoint import load_checkpoint
+
+    _, val_t = _validation_times(load_checkpoint(study / "ck" / model).card["config"])
     return val_t[np.linspace(0, len(val_t) - 1, min(n, len(val_t))).astype(int)]
 
 
@@ -124,15 +129,11 @@ def _to_mm(model, y, valid):
 
 def fit_patches(model, n: int):
     """The first ``n`` validation patches of the model's training (``train._val_set``, same seed)."""
-    from qpe_core.archive import Archive
-    from qpe_core.training.dataset import PatchSampler, block_split, valid_times
+    from qpe_core.training.dataset import PatchSampler
     from qpe_core.training.train import _val_set
 
     cfg = model.card["config"]
-    arc = Archive.open(cfg["archive"])
-    times = valid_times(arc, cfg["lags"], cfg["min_radar_coverage"], cfg["start"], cfg["end"])
-    _, val_t = block_split(times, cfg["val_fraction"], cfg["val_block"], len(cfg["lags"]),
-                           slot_minutes=arc.slot_minutes, seed=cfg["seed"])
+    arc, val_t = _validation_times(cfg)
     sampler = PatchSampler(arc, cfg["lags"], model.card["channels"], model.normalizer, model.transform, cfg["patch"],
                            min_quality=cfg.get("min_rain_quality", 0.05))
     return _val_set(sampler, val_t, n, cfg["seed"])

@@ -155,10 +155,12 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     in_ch = len(cfg.lags) * (len(channels) + 1)
     objective.set_data_stats(*_fit_target_stats(sampler, train_t))
     raw = build_networks(objective, in_ch, **cfg.backbone).to(device)
-    val = _val_set(sampler, val_t, cfg.val_patches, cfg.seed) if len(val_t) else None
+    n_held = max(cfg.fit_patches, cfg.val_patches) if mean else cfg.val_patches
+    held = _val_set(sampler, val_t, n_held, cfg.seed) if len(val_t) else None  # read once: val is its head
+    val = None if held is None else tuple(v[:cfg.val_patches] for v in held)
     fit = None
     if mean:  # the residual scale from held-out patches (training ones only if there is no validation)
-        fit = _val_set(sampler, val_t if len(val_t) else train_t, max(cfg.fit_patches, cfg.val_patches), cfg.seed)
+        fit = held if held is not None else _val_set(sampler, train_t, n_held, cfg.seed)
         _load_frozen(objective, raw, mean, fit, device)
     ema = copy.deepcopy(raw).eval().requires_grad_(False)
     opt = torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad], lr=cfg.lr,
