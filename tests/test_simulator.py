@@ -145,8 +145,9 @@ def test_rain_spectrum_is_a_power_law_with_slope_near_minus_3(day):
 
 
 def test_wet_fraction(day):
+    # the real samples of ../shared (qpe realism): 0.7-8 % wet; the simulator is tuned to ~7 %
     wet = (day["rain"][:48] > 0.1).mean()
-    assert 0.05 < wet < 0.30
+    assert 0.02 < wet < 0.15
 
 
 def test_intensities_lognormal_with_intense_convection(day):
@@ -154,13 +155,15 @@ def test_intensities_lognormal_with_intense_convection(day):
     logs = np.log(wet[wet > 0.1])
     assert abs(stats.skew(logs)) < 0.5
     assert day["rain"].max() > 20.0
-    assert np.median(np.exp(logs)) < 5.0          # most rain is light (stratiform)
+    # most rain is light, as in real radar (median wet rate 0.27-0.60 mm/h in the shared samples;
+    # the tuned simulator 0.46 on france-3km, qpe realism)
+    assert 0.15 < np.median(np.exp(logs)) < 1.5      # one convective July day on 576 km: ~1.0
 
 
 def test_temporal_continuity(day):
     r = day["rain"].reshape(len(day["rain"]), -1)
     corr = [np.corrcoef(a, b)[0, 1] for a, b in zip(r[:-1], r[1:]) if a.std() > 0 and b.std() > 0]
-    assert 0.5 < np.mean(corr) < 0.99
+    assert 0.3 < np.mean(corr) < 0.99          # tuned simulator ~0.5 (real OPERA R>1 mask: 0.45)
 
 
 # ----------------------------------------------------------------------------- IR physics
