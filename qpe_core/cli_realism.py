@@ -57,12 +57,15 @@ def realism_cmd(
     = Path("data/realism"),
     periods: Annotated[int, typer.Option(help="simulated 15-minute slots (96 = one day)", min=2)] = 96,
     seed: Annotated[int, typer.Option(help="simulator seed")] = 5,
+    start: Annotated[str | None, typer.Option(help="first simulated slot (UTC; default 2024-08-24T00:00, the "
+                                                   "OPERA sample's season); 2024-12-20T06:00 puts the IR in the "
+                                                   "winter SEVIRI samples' season")] = None,
 ):
     """Compare the embedded simulator with the real radar and SEVIRI samples (statistics and figures)."""
     from qpe_core.cli import out  # the CLI's console (this module is registered by qpe_core.cli)
-    from qpe_core.realism import realism_report
+    from qpe_core.realism import SIM_START, realism_report
 
-    report = realism_report(shared, out_dir, periods=periods, seed=seed)
+    report = realism_report(shared, out_dir, periods=periods, seed=seed, start=start or SIM_START)
     head = headline(report)
     sim = report["simulator"]
     out.print(_table(f"Rain (france-3km, valid pixels; simulator: {sim['periods']} slots from {sim['start']} UTC, "
