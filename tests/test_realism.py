@@ -168,3 +168,17 @@ def test_report_on_real_samples(tmp_path):
                                       "ir_differences.png"}
     for name in report["figures"]:
         assert (out / name).stat().st_size > 5000
+
+
+def test_cli_start_puts_the_simulator_in_another_season(tmp_path):
+    from typer.testing import CliRunner
+
+    from qpe_core.cli import app
+
+    out = tmp_path / "winter"
+    res = CliRunner().invoke(app, ["realism", "--shared", str(tmp_path / "no-shared"), "--out", str(out),
+                                   "--periods", "2", "--start", "2024-12-20T06:00"])
+    assert res.exit_code == 0, res.output
+    stored = _no_nan(out / "realism.json")
+    assert stored["simulator"]["start"] == "2024-12-20 06:00:00"
+    assert stored["ir"]["simulator"]["first"].startswith("2024-12-20 06:00")
