@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from qpe_core.cli import app
 from qpe_core.errors import QpeError
 from qpe_core.report.mission import TARGETS, crps_of, member_scores, mission_checks
-from qpe_core.study import PROFILES, run_study
+from qpe_core.study import PROFILES, ModelSpec, run_study
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +173,16 @@ def test_lag_profile_pairs_each_cascade_with_its_own_unet_and_reports_seed_group
     assert held[0]["held"] and not temporal_claim({"a": mk(1, 1.0, 0.06, 0.5, 0.01),
                                                    "b": mk(4, 0.95, 0.01, 0.53, 0.01)})[0]["held"]
     assert not temporal_claim({"a": mk(1, 1.0, 0.01, 0.5, 0.01), "b": mk(4, 0.98, 0.0, 0.53, 0.0)})[0]["held"]
+
+
+def test_cascade_on_a_tendency_unet_encodes_its_slots_as_tendencies_too(tmp_path):
+    tiny = PROFILES["tiny"]
+    enc = {"tendency": [2, 7]}
+    models = [ModelSpec(name="unet-t", kind="unet", lags=[0, -15], backbone=enc),
+              ModelSpec(name="cascade-flow-t", kind="cascade-flow", lags=[0, -15], backbone=enc, mean="unet-t")]
+    profile = tiny.model_copy(update={"name": "tiny-tendency", "models": models, "default": "cascade-flow-t"})
+    metrics = run_study(profile, tmp_path)
+    card = json.loads((tmp_path / "ck" / "cascade-flow-t" / "card.json").read_text())
+    assert card["mean_checkpoint"]["path"] == str(tmp_path / "ck" / "unet-t")
+    assert card["backbone"]["tendency"] == [2, 7]
+    assert set(metrics["models"]) >= {"unet-t", "cascade-flow-t"}
