@@ -167,6 +167,8 @@ class TimeCube:
         """Index of slot ``time`` on the time axis (it may lie beyond the allocated length)."""
         ts = check_on_grid(time, self.slot_minutes, "slot")
         if self.origin is None:
+            self._refresh()  # another writer may have started the time axis since this cube was opened
+        if self.origin is None:
             raise ArchiveError(f"{self.url} is empty: slot {iso(ts)} is not in it")
         if ts < self.origin:
             raise ArchiveError(f"slot {iso(ts)} precedes the archive origin {iso(self.origin)} of {self.url}; "
@@ -256,6 +258,8 @@ class TimeCube:
 
     def marker_series(self, marker: str) -> pd.Series:
         """Values of completion marker ``marker`` for every complete slot, indexed by UTC time."""
+        if self.origin is None:
+            self._refresh()  # as in index_of
         arr = self.group[marker]
         idx = self._stored_chunks(marker)
         values = arr.get_coordinate_selection(idx) if len(idx) else np.zeros(0, "float32")

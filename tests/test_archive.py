@@ -206,3 +206,19 @@ def test_concurrent_open_or_create_all_succeed(tmp_path):
     with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
         results = list(pool.map(_open_or_create_worker, [url] * 8))
     assert results == ["france-3km ['IR_108']"] * 8
+
+
+def test_a_cube_opened_empty_sees_slots_another_writer_adds(tmp_path):
+    """Two cycles open the same new archive, one writes a slot: the other must see it complete
+    (it used to keep the empty cube's missing time origin, re-wrote the slot under the slot lock and
+    hid it for a moment from the first cycle's reader: one of two duplicate runs failed)."""
+    url = str(tmp_path / "a.zarr")
+    a = Archive.open_or_create(url, AREA, CH)
+    b = Archive.open_or_create(url, AREA, CH)
+    a.write_seviri(_sev("2024-06-01T01:00", seed=3))
+    assert b.has_slot("2024-06-01T01:00", "bt")
+    np.testing.assert_array_equal(b.read_bt("2024-06-01T01:00"), random_bt(3, len(CH)))
+    assert list(b.times()) == [pd.Timestamp("2024-06-01T01:00")]
+    later = pd.Timestamp("2024-06-01T01:00") + pd.Timedelta(minutes=15 * (ALLOC_BLOCK + 3))  # a grows the axis
+    a.write_seviri(_sev(str(later), seed=4))
+    assert b.has_slot(later, "bt") and len(b.times()) == 2
