@@ -198,13 +198,35 @@ def score_npz(path: str | Path, pixel_km: float = 3.0, **kwargs) -> dict:
 # ------------------------------------------------------------------ running models over an archive
 
 
-def _window_slices(window, shape) -> tuple[slice, slice]:
+def window_slices(window, shape) -> tuple[slice, slice]:
+    """Row and column slices of ``window`` (y0, y1, x0, x1 pixels; None = the whole ``shape``)."""
     if window is None:
         return slice(None), slice(None)
     y0, y1, x0, x1 = (int(v) for v in window)
     if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
         raise QpeError(f"window rows {y0}:{y1}, cols {x0}:{x1} is not inside the {shape[0]} x {shape[1]} grid")
     return slice(y0, y1), slice(x0, x1)
+
+
+def case_stack(arc: Archive, t, lags: Sequence[int], channels: Sequence[str], ys: slice, xs: slice
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """BT stack ``(lag, channel, y, x)`` K of the window at case ``t`` (UTC) and the current slot's
+    validity ``(y, x)`` bool."""
+    from qpe_core.stack import temporal_stack
+
+    st = temporal_stack(arc, t, list(lags), list(channels))
+    return np.ascontiguousarray(st["bt"].values[..., ys, xs]), st["valid"].values[0, ys, xs].astype(bool)
+
+
+def case_ensemble(model, bt: np.ndarray, valid: np.ndarray, members: int, steps: int | None, seed: int,
+                  device: str = "cpu", tile: int | None = 512, sampler: str | None = None) -> np.ndarray:
+    """One model's ensemble ``(member, y, x)`` mm/h on one case's stack; NaN where the current slot has
+    no data (as ``predict`` does)."""
+    from qpe_core.training.inference import ensemble
+
+    rain = ensemble(model, bt, members, steps, seed, device=device, tile=tile, sampler=sampler)
+    rain[:, ~valid] = np.nan
+    return rain
 
 
 def central_window(area: str, size: int) -> tuple[int, int, int, int]:
@@ -269,9 +291,7 @@ def evaluate(archive: Archive | str, checkpoints: Sequence[str | Path], start=No
     ``progress(done, total, label)`` after each case.
     """
     from qpe_core.readers.crr import read_crr
-    from qpe_core.stack import temporal_stack
     from qpe_core.training.checkpoint import check_card, load_checkpoint
-    from qpe_core.training.inference import ensemble
 
     arc = Archive.open(archive) if isinstance(archive, str) else archive
     models = {n: load_checkpoint(c, device) for n, c in zip(_unique_names(checkpoints), checkpoints)}
@@ -284,7 +304,7 @@ def evaluate(archive: Archive | str, checkpoints: Sequence[str | Path], start=No
     lags = sorted({int(v) for m in models.values() for v in m.card["lags"]} | {0}, reverse=True)
     times = plan_cases(arc, lags, start, end, every, max_cases, min_radar_coverage)
     spec = get_spec(arc.area)
-    ys, xs = _window_slices(window, (spec.height, spec.width))
+    ys, xs = window_slices(window, (spec.height, spec.width))
     info, n_members, kind_steps = {}, {}, {}
     for name, m in models.items():
         kind = m.card["kind"]
@@ -308,15 +328,10 @@ def evaluate(archive: Archive | str, checkpoints: Sequence[str | Path], start=No
         for name, m in models.items():
             key = (tuple(m.card["lags"]), tuple(m.card["channels"]))
             if key not in stacks:
-                st = temporal_stack(arc, t, m.card["lags"], m.card["channels"])
-                stacks[key] = (np.ascontiguousarray(st["bt"].values[..., ys, xs]),
-                               st["valid"].values[0, ys, xs].astype(bool))
-            bt, valid = stacks[key]
+                stacks[key] = case_stack(arc, t, *key, ys, xs)
             t0 = _time.perf_counter()
-            rain = ensemble(m, bt, n_members[name], kind_steps[name], seed + k, device=device, tile=tile)
+            fields[name] = case_ensemble(m, *stacks[key], n_members[name], kind_steps[name], seed + k, device, tile)
             seconds[name] = _time.perf_counter() - t0
-            rain[:, ~valid] = np.nan  # no estimate where the current slot has no data (as predict does)
-            fields[name] = rain
         for name, (kind, _, files) in base.items():
             path = files.nearest(t)
             fields[name] = None if path is None else read_crr(path, arc.area, cache_dir)["rain"].values[ys, xs]
@@ -328,5 +343,5 @@ def evaluate(archive: Archive | str, checkpoints: Sequence[str | Path], start=No
                        members=int(members), seed=seed, lags=lags, min_radar_coverage=min_radar_coverage)
 
 
-__all__ = ["Evaluation", "central_window", "evaluate", "load_ensembles", "plan_cases", "score_ensembles",
-           "score_npz", "write_report"]
+__all__ = ["Evaluation", "case_ensemble", "case_stack", "central_window", "evaluate", "load_ensembles", "plan_cases", "score_ensembles",
+           "score_npz", "window_slices", "write_report"]

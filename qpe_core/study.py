@@ -283,22 +283,18 @@ def draw_ensembles(ckpt: Path, archive: str, times, members: int, window, device
                    ) -> tuple[np.ndarray, float]:
     """Ensembles ``(case, member, y, x)`` mm/h of one checkpoint on ``times`` (case k: seed k); seconds/case."""
     from qpe_core.archive import Archive
-    from qpe_core.evaluation import _window_slices
+    from qpe_core.evaluation import case_ensemble, case_stack, window_slices
     from qpe_core.grids import get_spec
-    from qpe_core.stack import temporal_stack
     from qpe_core.training.checkpoint import load_checkpoint
-    from qpe_core.training.inference import ensemble
 
     arc, model = Archive.open(archive), load_checkpoint(ckpt, device)
     spec = get_spec(arc.area)
-    ys, xs = _window_slices(window, (spec.height, spec.width))
+    ys, xs = window_slices(window, (spec.height, spec.width))
     n = 1 if model.card["kind"] == "unet" else members
     fields, t0 = [], time.perf_counter()
     for k, t in enumerate(times):
-        st = temporal_stack(arc, t, model.card["lags"], model.card["channels"])
-        rain = ensemble(model, np.ascontiguousarray(st["bt"].values[..., ys, xs]), n, steps, seed=k, device=device)
-        rain[:, ~st["valid"].values[0, ys, xs].astype(bool)] = np.nan
-        fields.append(rain)
+        bt, valid = case_stack(arc, t, model.card["lags"], model.card["channels"], ys, xs)
+        fields.append(case_ensemble(model, bt, valid, n, steps, seed=k, device=device, tile=None))
     return np.stack(fields), (time.perf_counter() - t0) / max(len(times), 1)
 
 
@@ -323,7 +319,7 @@ def _save_npz(path: Path, **arrays) -> None:
 def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progress | None = None) -> None:
     """Truth and every model's ensemble on the held-out cases (skips files already drawn)."""
     from qpe_core.archive import Archive
-    from qpe_core.evaluation import _window_slices
+    from qpe_core.evaluation import window_slices
     from qpe_core.grids import get_spec
 
     ens = out / "ensembles"
@@ -332,7 +328,7 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
     stamp = np.array([iso(t) for t in times])
     if not (ens / "truth.npz").is_file():
         arc, spec = Archive.open(archive), get_spec(profile.area)
-        ys, xs = _window_slices(window, (spec.height, spec.width))
+        ys, xs = window_slices(window, (spec.height, spec.width))
         _save_npz(ens / "truth.npz", times=stamp, truth=np.stack([arc.read_truth(t)[ys, xs] for t in times]))
     jobs = [(s.name, None, times) for s in profile.models]
     jobs += [(profile.default, profile.cost_steps, times[np.linspace(0, len(times) - 1, min(profile.cost_cases,

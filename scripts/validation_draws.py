@@ -47,23 +47,22 @@ def validation_cases(study: Path, model: str, n: int) -> pd.DatetimeIndex:
 
 def _inputs(study, prof, times):
     from qpe_core.archive import Archive
-    from qpe_core.evaluation import _window_slices
+    from qpe_core.evaluation import window_slices
     from qpe_core.grids import get_spec
 
     arc = Archive.open(str(study / "archive.zarr"))
     spec = get_spec(arc.area)
     from qpe_core.study import _window
-    ys, xs = _window_slices(_window(prof), (spec.height, spec.width))
+    ys, xs = window_slices(_window(prof), (spec.height, spec.width))
     truth = np.stack([arc.read_truth(t)[ys, xs] for t in times])
     return arc, ys, xs, truth
 
 
 def _stack(model, arc, t, ys, xs):
     """BT stack ``(lag, channel, y, x)`` K of the window and the current slot's validity."""
-    from qpe_core.stack import temporal_stack
+    from qpe_core.evaluation import case_stack
 
-    st = temporal_stack(arc, t, model.card["lags"], model.card["channels"])
-    return np.ascontiguousarray(st["bt"].values[..., ys, xs]), st["valid"].values[0, ys, xs].astype(bool)
+    return case_stack(arc, t, model.card["lags"], model.card["channels"], ys, xs)
 
 
 def score(truth, forecasts, times, prof):
@@ -185,17 +184,13 @@ def _compose(obj, u, mean):
 
 
 def ddpm_variants(model, arc, times, ys, xs, members):
-    from qpe_core.training.inference import ensemble
+    from qpe_core.evaluation import case_ensemble
 
     out = {}
     for name, (steps, sampler, churn) in DDPM_VARIANTS.items():
         model.objective.churn = churn
-        fields = []
-        for k, t in enumerate(times):
-            bt, valid = _stack(model, arc, t, ys, xs)
-            rain = ensemble(model, bt, members, steps, seed=k, sampler=sampler)
-            rain[:, ~valid] = np.nan
-            fields.append(rain)
+        fields = [case_ensemble(model, *_stack(model, arc, t, ys, xs), members, steps, seed=k, sampler=sampler)
+                  for k, t in enumerate(times)]
         out[name] = np.stack(fields)
         print(name, "drawn", flush=True, file=sys.stderr)
     return out
