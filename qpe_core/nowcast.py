@@ -110,11 +110,14 @@ def publish_products(ens, products_url: str, area: str, storage_options: dict | 
     stats = ensemble_stats(ens)
     cube = ProductCube.open_or_create(f"{products_url.rstrip('/')}/{area}.zarr", area, ens.sizes["member"],
                                       storage_options=storage_options)
-    cube.write_slot(ens, stats)
-    paths = {"cube": cube.url}
-    paths.update(write_cogs(stats, products_url, storage_options=storage_options))
-    paths["quicklook"] = write_quicklook(stats, products_url, storage_options=storage_options)
-    paths["stac_item"] = stac.add_slot(products_url, area, ens["time"].values, storage_options)
+    # a duplicate run of the same slot waits here: rewriting the slot hides it for a moment, which
+    # failed the other run's STAC step reading it
+    with cube.slot_lock(ens["time"].values):
+        cube.write_slot(ens, stats)
+        paths = {"cube": cube.url}
+        paths.update(write_cogs(stats, products_url, storage_options=storage_options))
+        paths["quicklook"] = write_quicklook(stats, products_url, storage_options=storage_options)
+        paths["stac_item"] = stac.add_slot(products_url, area, ens["time"].values, storage_options)
     return paths
 
 

@@ -276,3 +276,21 @@ def test_quicklook_png_with_coastlines(tmp_path):
     changed = np.argwhere(np.abs(with_c - without).sum(-1) > 0.3)
     assert changed[:, 1].min() < 500 < changed[:, 1].max()  # in both panels
     assert sorted(p.name for p in Path(path).parent.iterdir()) == [Path(path).name]  # atomic: no temp left
+
+
+def test_publishing_a_slot_waits_for_another_publisher_of_it(tmp_path):
+    """Two runs of one slot publish one after the other (a rewrite hides the slot for a moment, which
+    failed the other run's STAC step): publish_products holds the slot's lock throughout."""
+    import threading
+
+    from qpe_core.nowcast import publish_products
+
+    prod = str(tmp_path / "prod")
+    cube = ProductCube.open_or_create(f"{prod}/{AREA}.zarr", AREA, 4)
+    done = threading.Event()
+    with cube.slot_lock(T):  # another run is publishing this slot
+        th = threading.Thread(target=lambda: (publish_products(ensemble(1), prod, AREA), done.set()))
+        th.start()
+        assert not done.wait(2.0), "published while another run held the slot"
+    th.join(120)
+    assert done.is_set() and ProductCube.open(f"{prod}/{AREA}.zarr").has_slot(T)
