@@ -343,5 +343,5 @@ def evaluate(archive: Archive | str, checkpoints: Sequence[str | Path], start=No
                        members=int(members), seed=seed, lags=lags, min_radar_coverage=min_radar_coverage)
 
 
-__all__ = ["Evaluation", "case_ensemble", "case_stack", "central_window", "evaluate", "load_ensembles", "plan_cases", "score_ensembles",
-           "score_npz", "window_slices", "write_report"]
+__all__ = ["Evaluation", "case_ensemble", "case_stack", "central_window", "evaluate", "load_ensembles",
+           "plan_cases", "score_ensembles", "score_npz", "window_slices", "write_report"]

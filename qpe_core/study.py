@@ -137,7 +137,8 @@ PROFILES: dict[str, StudyProfile] = {
                                      ModelSpec(name="ddpm-vp", kind="ddpm", objective={"param": "vp"}),
                                      ModelSpec(name="residual-flow", kind="residual-flow")]),
     # issue 11's temporal claim: 1, 2 and 4 slots for the U-Net and for the default, two seeds each, and
-    # both with the 4 slots given as the newest slot + three 15-minute BT changes (tendencies); one budget (half the cpu profile's steps, so that the trainings fit about an hour on 2 cores)
+    # both with the 4 slots given as the newest slot + three 15-minute BT changes (tendencies); one
+    # budget, half the cpu profile's steps (2-3 hours on 2 cores)
     "cpu-lags": StudyProfile(name="cpu-lags", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
                              eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91), steps=1500,
                              models=_lag_models([[0], [0, -15], [0, -15, -30, -45]], (0, 1)) + [

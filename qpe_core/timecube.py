@@ -166,8 +166,7 @@ class TimeCube:
     def index_of(self, time) -> int:
         """Index of slot ``time`` on the time axis (it may lie beyond the allocated length)."""
         ts = check_on_grid(time, self.slot_minutes, "slot")
-        if self.origin is None:
-            self._refresh()  # another writer may have started the time axis since this cube was opened
+        self._catch_up()
         if self.origin is None:
             raise ArchiveError(f"{self.url} is empty: slot {iso(ts)} is not in it")
         if ts < self.origin:
@@ -219,6 +218,12 @@ class TimeCube:
         minutes = epoch_minutes(self.origin) + self.slot_minutes * np.arange(old, new_len, dtype="int64")
         self.group["time"][old:new_len] = minutes
 
+    def _catch_up(self) -> None:
+        """Re-read the cube while it has no time origin: another writer may have started the time
+        axis since this one was opened (a stale empty view re-wrote a slot under its lock)."""
+        if self.origin is None:
+            self._refresh()
+
     def _refresh(self) -> None:
         self.group = zarr.open_group(self.group.store, mode="r+", zarr_format=3, use_consolidated=False)
         origin = self.group.attrs.get("time_origin")
@@ -258,8 +263,7 @@ class TimeCube:
 
     def marker_series(self, marker: str) -> pd.Series:
         """Values of completion marker ``marker`` for every complete slot, indexed by UTC time."""
-        if self.origin is None:
-            self._refresh()  # as in index_of
+        self._catch_up()
         arr = self.group[marker]
         idx = self._stored_chunks(marker)
         values = arr.get_coordinate_selection(idx) if len(idx) else np.zeros(0, "float32")
