@@ -225,7 +225,9 @@ class TimeCube:
             self._refresh()
 
     def _refresh(self) -> None:
-        self.group = zarr.open_group(self.group.store, mode="r+", zarr_format=3, use_consolidated=False)
+        store = self.group.store  # a read-only view stays read-only
+        mode = "r" if store.read_only else "r+"
+        self.group = zarr.open_group(store, mode=mode, zarr_format=3, use_consolidated=False)
         origin = self.group.attrs.get("time_origin")
         self.origin = pd.Timestamp(origin) if origin else None
 

@@ -222,3 +222,14 @@ def test_a_cube_opened_empty_sees_slots_another_writer_adds(tmp_path):
     later = pd.Timestamp("2024-06-01T01:00") + pd.Timedelta(minutes=15 * (ALLOC_BLOCK + 3))  # a grows the axis
     a.write_seviri(_sev(str(later), seed=4))
     assert b.has_slot(later, "bt") and len(b.times()) == 2
+
+
+def test_a_read_only_view_of_an_empty_cube_stays_read_only(tmp_path):
+    """Opening an empty archive read-only and asking for its slots used to re-open the store for
+    writing (zarr refused: 'Store is read-only'), which broke the fault suites' snapshots."""
+    url = str(tmp_path / "a.zarr")
+    Archive.create(url, AREA, CH)
+    ro = Archive.open(url, mode="r")
+    assert list(ro.times()) == []
+    Archive.open(url, mode="a").write_seviri(_sev("2024-06-01T01:00", seed=3))
+    assert list(ro.times()) == [pd.Timestamp("2024-06-01T01:00")]
