@@ -137,14 +137,18 @@ PROFILES: dict[str, StudyProfile] = {
                                      ModelSpec(name="ddpm-vp", kind="ddpm", objective={"param": "vp"}),
                                      ModelSpec(name="residual-flow", kind="residual-flow")]),
     # issue 11's temporal claim: 1, 2 and 4 slots for the U-Net and for the default, two seeds each, and
-    # both with the 4 slots given as the newest slot + three 15-minute BT changes (tendencies); one
+    # both with the 4 slots given as the newest slot + three 15-minute BT changes (tendencies) or through
+    # one encoder shared by every slot (features merged after it); one
     # budget, half the cpu profile's steps (2-3 hours on 2 cores)
     "cpu-lags": StudyProfile(name="cpu-lags", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
                              eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91), steps=1500,
                              models=_lag_models([[0], [0, -15], [0, -15, -30, -45]], (0, 1)) + [
-                                 ModelSpec(name=f"{kind}-4slot-tendency-s{k}", kind=kind, seed=k,
-                                           lags=[0, -15, -30, -45], backbone={"tendency": [4, 7]},
-                                           mean=f"unet-4slot-tendency-s{k}", group=f"{kind} 4 slots as tendencies")
+                                 ModelSpec(name=f"{kind}-4slot-{enc}-s{k}", kind=kind, seed=k,
+                                           lags=[0, -15, -30, -45], backbone=backbone,
+                                           mean=f"unet-4slot-{enc}-s{k}", group=f"{kind} 4 slots, {label}")
+                                 for enc, backbone, label in (
+                                     ("tendency", {"tendency": [4, 7]}, "as tendencies"),
+                                     ("shared", {"slot_encoder": [4, 7, 8]}, "one shared slot encoder"))
                                  for kind in ("unet", "cascade-flow") for k in (0, 1)],
                              default="cascade-flow-4slot-s0", cost_cases=2),
     "tiny": StudyProfile(name="tiny", train_segments=[Segment(start="2024-06-01T00:00Z", periods=24, seed=1)],

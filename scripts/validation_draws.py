@@ -8,7 +8,8 @@ blocks (the blocks its training held out, ``training.dataset.block_split``; no t
 them), central window and members as the study's profile, and scores the variants below with the
 study's own scoring (wet fraction, q99, spectrum, FSS, spread/skill, CRPS, per-case maxima):
 
-* ``cascade-flow``: the residual is drawn once and composed with every clip / bound variant;
+* ``cascade-flow``: the residual is drawn once and composed with every clip quantile (each with the
+  calibration refitted after its clip, as training does);
 * ``ddpm``: each sampler setting is a separate draw.
 
 Prints one line per variant and writes ``STUDY/validation/MODEL.json``. Rain in mm/h.
@@ -138,26 +139,33 @@ def fit_patches(model, n: int):
     return _val_set(sampler, val_t, n, cfg["seed"])
 
 
-def clip_variants(model, patches=(256,), quantiles=(0.999, 0.995, 0.99, 0.98)) -> dict:
-    """``{name: clip_knots}``: the clip refitted on more validation patches at other quantiles (the
-    scale knots, which the flow was trained with, are kept)."""
+QUANTILES = (0.999, 0.995, 0.99, 0.98, 0.97, 0.95)
+
+
+def clip_variants(model, patches=(256,), quantiles=QUANTILES) -> dict:
+    """``{name: (clip_knots, spread_knots)}``: the clip refitted on the validation patches at other
+    quantiles, and the calibration refitted after it as training does (``train._calibrate``, same
+    seed); the scale knots, which the flow was trained with, are kept."""
+    from qpe_core.training.train import _calibrate
+
     obj, out = model.objective, {}
-    saved = (obj.clip_knots, obj.clip_quantile)
+    saved = (obj.clip_knots, obj.clip_quantile, obj.spread_knots)
     for n in patches:
         val = fit_patches(model, n)
         for q in quantiles:
             obj.clip_quantile = q
             obj.fit_clip({"mean": model.nets["mean"]}, *val)
-            out[f"clip-q{q}-{n}p"] = obj.clip_knots
+            _calibrate(obj, model.nets, val, "cpu", model.card["config"]["seed"])
+            out[f"clip-q{q}-{n}p"] = (obj.clip_knots, obj.spread_knots)
             print("clip", n, q, [round(k[2], 2) for k in obj.clip_knots[-6:]], flush=True, file=sys.stderr)
-    obj.clip_knots, obj.clip_quantile = saved
+    obj.clip_knots, obj.clip_quantile, obj.spread_knots = saved
     return out
 
 
 def cascade_variants(model, arc, times, ys, xs, members):
     """Raw residual drawn once per case (seed k), then composed with every variant of the clip."""
     obj, nets = model.objective, model.nets
-    trained = obj.clip_knots
+    trained = (obj.clip_knots, obj.spread_knots)
     knots = {"as-trained": trained, **clip_variants(model)}
     variants = {}
     for k, t in enumerate(times):
@@ -166,12 +174,12 @@ def cascade_variants(model, arc, times, ys, xs, members):
         gen = torch.Generator().manual_seed(k)
         u, mean = obj._sample_u(nets, cond, members, None, None, gen, None)
         MEANS.append(_to_mm(model, mean[:1, 0], valid)[0])
-        for name, ck in knots.items():
-            obj.clip_knots = ck
+        for name, (ck, sk) in knots.items():
+            obj.clip_knots, obj.spread_knots = ck, sk
             y = _compose(obj, u, mean).reshape(members, *u.shape[-2:])
             variants.setdefault(name, []).append(_to_mm(model, y, valid))
         print(f"case {k} {t}", flush=True, file=sys.stderr)
-    obj.clip_knots = trained
+    obj.clip_knots, obj.spread_knots = trained
     return {n: np.stack(v) for n, v in variants.items()}
 
 
@@ -187,8 +195,8 @@ def ddpm_variants(model, arc, times, ys, xs, members):
     from qpe_core.evaluation import case_ensemble
 
     out = {}
-    for name, (steps, sampler, churn) in DDPM_VARIANTS.items():
-        model.objective.churn = churn
+    for name, (steps, sampler, churn, s_noise) in DDPM_VARIANTS.items():
+        model.objective.churn, model.objective.s_noise = churn, s_noise
         fields = [case_ensemble(model, *_stack(model, arc, t, ys, xs), members, steps, seed=k, sampler=sampler)
                   for k, t in enumerate(times)]
         out[name] = np.stack(fields)
@@ -196,7 +204,11 @@ def ddpm_variants(model, arc, times, ys, xs, members):
     return out
 
 
-DDPM_VARIANTS = {"heun-18": (18, "heun", 0.0), "stochastic-18-churn40": (18, "stochastic", 40.0)}
+# (steps, sampler, churn, s_noise): EDM's noise inflation ``s_noise`` > 1 counters the detail an
+# under-trained denoiser removes at each churn step (Karras et al. 2022, section 4)
+DDPM_VARIANTS = {"heun-18": (18, "heun", 0.0, 1.0), "stochastic-18-churn40": (18, "stochastic", 40.0, 1.003),
+                 "stochastic-18-churn40-snoise1.02": (18, "stochastic", 40.0, 1.02),
+                 "stochastic-18-churn40-snoise1.05": (18, "stochastic", 40.0, 1.05)}
 
 
 if __name__ == "__main__":

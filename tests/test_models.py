@@ -465,3 +465,24 @@ def test_tendency_encoding_is_the_newest_slot_and_successive_changes():
     assert "tendency" not in UNet(16, 1, base_channels=8).config  # older cards unchanged
     with pytest.raises(ValueError, match="does not fit"):
         UNet(8, 1, tendency=(4, 3))
+
+
+def test_slot_encoder_maps_every_slot_with_the_same_weights():
+    """Each slot's features depend on that slot only and through one shared encoder: swapping two
+    slots of the input swaps their features; the channels after the slots pass through untouched."""
+    net = UNet(4 * 3 + 4, 1, base_channels=8, channel_mults=(1, 2), slot_encoder=(4, 3, 5)).eval()
+    x = torch.randn(2, 16, 8, 8, generator=gen(2))
+    with torch.no_grad():
+        enc = net.encode_lags(x)
+        swapped = x.clone()
+        swapped[:, 0:3], swapped[:, 6:9] = x[:, 6:9], x[:, 0:3]
+        enc_s = net.encode_lags(swapped)
+        assert enc.shape == (2, 4 * 5 + 4, 8, 8) and net(x, torch.zeros(2)).shape == (2, 1, 8, 8)
+    torch.testing.assert_close(enc_s[:, 0:5], enc[:, 10:15])
+    torch.testing.assert_close(enc_s[:, 10:15], enc[:, 0:5])
+    torch.testing.assert_close(enc_s[:, 5:10], enc[:, 5:10])
+    torch.testing.assert_close(enc[:, 20:], x[:, 12:])
+    again = UNet(**net.config)
+    assert again.config["slot_encoder"] == (4, 3, 5) and "slot_encoder" not in UNet(16, 1, base_channels=8).config
+    with pytest.raises(ValueError, match="does not fit"):
+        UNet(16, 1, tendency=(4, 3), slot_encoder=(4, 3, 5))

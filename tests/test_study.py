@@ -175,14 +175,16 @@ def test_lag_profile_pairs_each_cascade_with_its_own_unet_and_reports_seed_group
     assert not temporal_claim({"a": mk(1, 1.0, 0.01, 0.5, 0.01), "b": mk(4, 0.98, 0.0, 0.53, 0.0)})[0]["held"]
 
 
-def test_cascade_on_a_tendency_unet_encodes_its_slots_as_tendencies_too(tmp_path):
+@pytest.mark.parametrize("enc", [{"tendency": [2, 7]}, {"slot_encoder": [2, 7, 4]}], ids=["tendency", "shared"])
+def test_cascade_on_an_encoding_unet_encodes_its_slots_the_same_way(tmp_path, enc):
+    """The cascade's flow network takes the backbone options of the U-Net it freezes (tendencies, or
+    one encoder shared by every slot), through training, the card and the study's draws."""
     tiny = PROFILES["tiny"]
-    enc = {"tendency": [2, 7]}
     models = [ModelSpec(name="unet-t", kind="unet", lags=[0, -15], backbone=enc),
               ModelSpec(name="cascade-flow-t", kind="cascade-flow", lags=[0, -15], backbone=enc, mean="unet-t")]
     profile = tiny.model_copy(update={"name": "tiny-tendency", "models": models, "default": "cascade-flow-t"})
     metrics = run_study(profile, tmp_path)
     card = json.loads((tmp_path / "ck" / "cascade-flow-t" / "card.json").read_text())
     assert card["mean_checkpoint"]["path"] == str(tmp_path / "ck" / "unet-t")
-    assert card["backbone"]["tendency"] == [2, 7]
+    assert all(card["backbone"][k] == v for k, v in enc.items())
     assert set(metrics["models"]) >= {"unet-t", "cascade-flow-t"}

@@ -117,7 +117,8 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, base_channels: int = 32,
                  channel_mults: tuple[int, ...] = (1, 1, 2, 4), num_res_blocks: int = 1,
                  attention_at_coarsest: bool = False, emb_dim: int = 128, dropout: float = 0.0,
-                 tendency: tuple[int, int] | None = None, tendency_gain: float = 2.0):
+                 tendency: tuple[int, int] | None = None, tendency_gain: float = 2.0,
+                 slot_encoder: tuple[int, int, int] | None = None):
         super().__init__()
         self.config = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
                            channel_mults=tuple(channel_mults), num_res_blocks=num_res_blocks,
@@ -127,10 +128,20 @@ class UNet(nn.Module):
             if self.tendency[0] < 2 or self.tendency[0] * self.tendency[1] > in_channels:
                 raise ValueError(f"tendency (lags, channels) {tendency} does not fit {in_channels} input channels")
             self.config.update(tendency=self.tendency, tendency_gain=float(tendency_gain))
+        self.slots, stem_in = None, in_channels
+        if slot_encoder is not None:
+            L, K, E = (int(v) for v in slot_encoder)
+            if tendency is not None or L < 2 or L * K > in_channels:
+                raise ValueError(f"slot_encoder (lags, channels, features) {slot_encoder} does not fit "
+                                 f"{in_channels} input channels (and excludes tendency)")
+            self.config.update(slot_encoder=(L, K, E))
+            self.slots = nn.Sequential(nn.Conv2d(K, E, 3, padding=1), nn.GroupNorm(_groups(E), E), nn.SiLU(),
+                                       nn.Conv2d(E, E, 3, padding=1))
+            stem_in = in_channels - L * K + L * E
         widths = [base_channels * m for m in channel_mults]
         self.factor = 2 ** (len(widths) - 1)
         self.emb = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.stem = nn.Conv2d(stem_in, widths[0], 3, padding=1)
         self.enc, self.down = nn.ModuleList(), nn.ModuleList()
         ch = widths[0]
         for i, w in enumerate(widths):
@@ -179,7 +190,15 @@ class UNet(nn.Module):
         newest first) become the newest slot and the ``L - 1`` tendencies between successive slots,
         times ``tendency_gain`` (on the simulated archive a 15-minute change at a pixel, advection
         included, has 0.4-0.5 of a channel's std, measured; the gain 2 brings it near unit scale).
-        A fixed linear map: the same information, presented as change."""
+        A fixed linear map: the same information, presented as change.
+
+        With ``slot_encoder = (L, K, E)``: one small convolutional encoder (``K -> E`` features, two
+        3x3 convs), its weights shared by every slot, maps each of the ``L`` slots alike; the stem then
+        merges the ``L * E`` features, so a change between slots is a difference of like features."""
+        if self.slots is not None:
+            L, K, E = self.config["slot_encoder"]
+            feats = self.slots(x[:, : L * K].reshape(x.shape[0] * L, K, *x.shape[-2:]))
+            return torch.cat([feats.reshape(x.shape[0], L * E, *x.shape[-2:]), x[:, L * K:]], 1)
         if self.tendency is None:
             return x
         L, K = self.tendency
