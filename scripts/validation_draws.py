@@ -92,7 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("model")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--cases", type=int, default=16)
+    ap.add_argument("--variants", default="", help="comma-separated DDPM variants to draw (default: all)")
     args = ap.parse_args(argv)
+    ONLY.update(v for v in args.variants.split(",") if v)
     from qpe_core.study import PROFILES
     from qpe_core.training.checkpoint import load_checkpoint
 
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
                       f"mean there {MEANS[i][j[1:]]:.1f}, truth there {truth[i][j[1:]]:.1f}, "
                       f"mean max {np.nanmax(MEANS[i]):.1f}")
     (args.study / "validation").mkdir(exist_ok=True)
-    (args.study / "validation" / f"{args.model}.json").write_text(json.dumps(
+    (args.study / "validation" / f"{args.model}{'-' + '-'.join(sorted(ONLY)) if ONLY else ''}.json").write_text(json.dumps(
         {"times": [str(t) for t in times], "variants": res}, indent=1))
     return 0
 
@@ -183,6 +185,7 @@ def cascade_variants(model, arc, times, ys, xs, members):
     return {n: np.stack(v) for n, v in variants.items()}
 
 
+ONLY: set = set()  # DDPM variants to draw (empty: all)
 MEANS: list = []  # the cascade's mean field (mm/h) of each case, for the diagnostics
 
 
@@ -196,6 +199,8 @@ def ddpm_variants(model, arc, times, ys, xs, members):
 
     out = {}
     for name, (steps, sampler, churn, s_noise) in DDPM_VARIANTS.items():
+        if ONLY and name not in ONLY:
+            continue
         model.objective.churn, model.objective.s_noise = churn, s_noise
         fields = [case_ensemble(model, *_stack(model, arc, t, ys, xs), members, steps, seed=k, sampler=sampler)
                   for k, t in enumerate(times)]
@@ -208,7 +213,9 @@ def ddpm_variants(model, arc, times, ys, xs, members):
 # under-trained denoiser removes at each churn step (Karras et al. 2022, section 4)
 DDPM_VARIANTS = {"heun-18": (18, "heun", 0.0, 1.0), "stochastic-18-churn40": (18, "stochastic", 40.0, 1.003),
                  "stochastic-18-churn40-snoise1.02": (18, "stochastic", 40.0, 1.02),
-                 "stochastic-18-churn40-snoise1.05": (18, "stochastic", 40.0, 1.05)}
+                 "stochastic-18-churn40-snoise1.05": (18, "stochastic", 40.0, 1.05),
+                 "stochastic-18-churn40-snoise1.08": (18, "stochastic", 40.0, 1.08),
+                 "stochastic-18-churn40-snoise1.12": (18, "stochastic", 40.0, 1.12)}
 
 
 if __name__ == "__main__":
