@@ -175,7 +175,8 @@ def test_lag_profile_pairs_each_cascade_with_its_own_unet_and_reports_seed_group
     assert not temporal_claim({"a": mk(1, 1.0, 0.01, 0.5, 0.01), "b": mk(4, 0.98, 0.0, 0.53, 0.0)})[0]["held"]
 
 
-@pytest.mark.parametrize("enc", [{"tendency": [2, 7]}, {"slot_encoder": [2, 7, 4]}], ids=["tendency", "shared"])
+@pytest.mark.parametrize("enc", [pytest.param({"tendency": [2, 7]}, id="tendency", marks=pytest.mark.slow),
+                                 pytest.param({"slot_encoder": [2, 7, 4]}, id="shared")])  # one path: fast suite runs one
 def test_cascade_on_an_encoding_unet_encodes_its_slots_the_same_way(tmp_path, enc):
     """The cascade's flow network takes the backbone options of the U-Net it freezes (tendencies, or
     one encoder shared by every slot), through training, the card and the study's draws."""
