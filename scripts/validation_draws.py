@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--variants", default="", help="comma-separated DDPM variants to draw (default: all)")
     args = ap.parse_args(argv)
-    ONLY.update(v for v in args.variants.split(",") if v)
+    only = {v for v in args.variants.split(",") if v}
     from qpe_core.study import PROFILES
     from qpe_core.training.checkpoint import load_checkpoint
 
@@ -103,8 +103,10 @@ def main(argv=None) -> int:
     arc, ys, xs, truth = _inputs(args.study, prof, times)
     torch.set_grad_enabled(False)
     model = load_checkpoint(args.study / "ck" / args.model, "cpu")
-    variants = (cascade_variants if model.card["kind"] == "cascade-flow" else ddpm_variants)(
-        model, arc, times, ys, xs, prof.members)
+    if model.card["kind"] == "cascade-flow":
+        variants = cascade_variants(model, arc, times, ys, xs, prof.members)
+    else:
+        variants = ddpm_variants(model, arc, times, ys, xs, prof.members, only)
     res = score(truth, variants, times, prof)
     for name, r in res.items():
         print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
@@ -116,7 +118,8 @@ def main(argv=None) -> int:
                       f"mean there {MEANS[i][j[1:]]:.1f}, truth there {truth[i][j[1:]]:.1f}, "
                       f"mean max {np.nanmax(MEANS[i]):.1f}")
     (args.study / "validation").mkdir(exist_ok=True)
-    (args.study / "validation" / f"{args.model}{'-' + '-'.join(sorted(ONLY)) if ONLY else ''}.json").write_text(json.dumps(
+    name = "-".join([args.model, *sorted(only)])  # a subset of the variants gets its own file
+    (args.study / "validation" / f"{name}.json").write_text(json.dumps(
         {"times": [str(t) for t in times], "variants": res}, indent=1))
     return 0
 
@@ -185,7 +188,6 @@ def cascade_variants(model, arc, times, ys, xs, members):
     return {n: np.stack(v) for n, v in variants.items()}
 
 
-ONLY: set = set()  # DDPM variants to draw (empty: all)
 MEANS: list = []  # the cascade's mean field (mm/h) of each case, for the diagnostics
 
 
@@ -194,12 +196,13 @@ def _compose(obj, u, mean):
     return mean + obj.scale(mean) * u
 
 
-def ddpm_variants(model, arc, times, ys, xs, members):
+def ddpm_variants(model, arc, times, ys, xs, members, only=frozenset()):
+    """One draw per entry of ``DDPM_VARIANTS`` (those named in ``only`` when it is not empty)."""
     from qpe_core.evaluation import case_ensemble
 
     out = {}
     for name, (steps, sampler, churn, s_noise) in DDPM_VARIANTS.items():
-        if ONLY and name not in ONLY:
+        if only and name not in only:
             continue
         model.objective.churn, model.objective.s_noise = churn, s_noise
         fields = [case_ensemble(model, *_stack(model, arc, t, ys, xs), members, steps, seed=k, sampler=sampler)
