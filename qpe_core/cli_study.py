@@ -17,6 +17,8 @@ def study_cmd(
     models: Annotated[Optional[str], typer.Option(help="comma-separated model names of the profile to keep")] = None,
     steps: Annotated[Optional[int], typer.Option(help="override the profile's optimiser steps")] = None,
     device: Annotated[Optional[str], typer.Option(help="override the profile's device (cpu | cuda)")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="override the profile's schedule (constant | cosine)")]
+    = None,
 ):
     """Train every kind with one equal budget, score them on a held-out period, write the report."""
     from qpe_core.cli import err, out  # the CLI's consoles (this module is registered by qpe_core.cli)
@@ -26,7 +28,7 @@ def study_cmd(
     if profile not in PROFILES:
         raise QpeError(f"unknown profile {profile!r}; choose from {list(PROFILES)}")
     prof = PROFILES[profile]
-    update = {k: v for k, v in {"steps": steps, "device": device}.items() if v is not None}
+    update = {k: v for k, v in {"steps": steps, "device": device, "lr_schedule": lr_schedule}.items() if v is not None}
     if models:
         keep = [m.strip() for m in models.split(",")]
         unknown = sorted(set(keep) - {m.name for m in prof.models})

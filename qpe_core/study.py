@@ -98,6 +98,7 @@ class StudyProfile(BaseModel):
     batch_size: int = 8
     patch: int = 64
     lr: float = 5e-4
+    lr_schedule: str = "cosine"            # TrainConfig.lr_schedule (constant | cosine)
     ema_decay: float = 0.999
     backbone: dict = Field(default_factory=lambda: {"base_channels": 16})
     lags: list[int] = Field(default_factory=lambda: [0, -15, -30, -45])
@@ -208,7 +209,7 @@ def _train_config(profile: StudyProfile, spec: ModelSpec, archive: str, out: Pat
     extra = {"mean_checkpoint": str(out / "ck" / spec.mean)} if spec.kind == "cascade-flow" else {}
     return TrainConfig(archive=archive, kind=spec.kind, out=str(out / "ck" / spec.name), max_steps=profile.steps,
                        patch=profile.patch, lags=spec.lags or profile.lags, batch_size=profile.batch_size,
-                       lr=profile.lr, ema_decay=profile.ema_decay, device=profile.device,
+                       lr=profile.lr, lr_schedule=profile.lr_schedule, ema_decay=profile.ema_decay, device=profile.device,
                        seed=profile.seed if spec.seed is None else spec.seed, end=iso(end), backbone={**profile.backbone, **spec.backbone},
                        objective=spec.objective, val_every=profile.val_every, save_every=max(profile.steps // 4, 1),
                        loader_threads=2 if profile.device == "cpu" else 4, preload=True, **extra)

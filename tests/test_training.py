@@ -15,7 +15,7 @@ from qpe_core.simulate_archive import simulate_to_archive
 from qpe_core.training.checkpoint import check_card, load_checkpoint, read_card
 from qpe_core.training.dataset import block_split, valid_times
 from qpe_core.training.inference import TiledNet, predict, write_prediction
-from qpe_core.training.train import TrainConfig, train
+from qpe_core.training.train import TrainConfig, lr_at, train
 
 CH = ["WV_062", "IR_108", "IR_120"]
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "emb_dim": 16}
@@ -134,11 +134,25 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(sim_archive, tmp_
     """Batches and training noise are pure functions of (seed, rank, step): 2 + 2 steps == 4 steps."""
     from safetensors.torch import load_file
 
-    train(_cfg(sim_archive, tmp_path / "straight", "residual-flow", 4, val_fraction=0.0))
-    train(_cfg(sim_archive, tmp_path / "resumed", "residual-flow", 2, val_fraction=0.0))
-    train(_cfg(sim_archive, tmp_path / "resumed", "residual-flow", 4, val_fraction=0.0))
+    # constant rate: a cosine schedule follows max_steps, so a finished 2-step run extended to 4 differs
+    kw = {"val_fraction": 0.0, "lr_schedule": "constant"}
+    train(_cfg(sim_archive, tmp_path / "straight", "residual-flow", 4, **kw))
+    train(_cfg(sim_archive, tmp_path / "resumed", "residual-flow", 2, **kw))
+    train(_cfg(sim_archive, tmp_path / "resumed", "residual-flow", 4, **kw))
     for name in ("weights.safetensors", "state.safetensors"):
         a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "resumed" / name))
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}: {k} differs")
+
+
+def test_cosine_schedule_decays_the_rate_to_zero_over_the_run(sim_archive, tmp_path):
+    """lr at step 0 is the configured rate, half of it midway, ~0 at the last step; logged per step."""
+    cfg = _cfg(sim_archive, tmp_path / "cos", "unet", 4, lr=1e-3)
+    assert [round(lr_at(cfg, s), 6) for s in range(4)] == [1e-3, 0.000854, 0.0005, 0.000146]
+    flat = cfg.model_copy(update={"lr_schedule": "constant"})
+    assert {lr_at(flat, s) for s in range(4)} == {1e-3}
+    train(cfg)
+    log = [json.loads(line) for line in (tmp_path / "cos" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 4 and log[-1]["lr"] == pytest.approx(0.000146, abs=1e-6)
+    assert read_card(tmp_path / "cos")["config"]["lr_schedule"] == "cosine"

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -46,6 +48,10 @@ class TrainConfig(BaseModel):
     channels: list[str] | None = None
     batch_size: int = Field(8, ge=1)
     lr: float = 2e-4
+    # the learning rate over the run: "cosine" decays it from lr to 0 over max_steps (half a cosine),
+    # "constant" keeps lr (every checkpoint before 2026-12-03 was trained constant); the schedule follows
+    # max_steps, so resuming an interrupted run is exact but extending a finished one restarts the decay
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     weight_decay: float = 1e-4
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -190,11 +196,13 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
             loss, logs = objective.loss(nets, cond, target, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
         gnorm = _clip(raw, cfg.grad_clip, cfg.clip_per_network)
         opt.step()
         _ema_update(ema, raw, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step, seen = step + 1, seen + cfg.batch_size * world
-        rec = {"step": step, "loss": float(loss.detach()), "grad_norm": float(gnorm),
+        rec = {"step": step, "loss": float(loss.detach()), "grad_norm": float(gnorm), "lr": lr_at(cfg, step - 1),
                "samples_per_s": seen / (time.perf_counter() - t_start)}
         if rank == 0 and val is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
             rec["val_loss"] = _validate(objective, ema, val, device, cfg.batch_size)
@@ -270,6 +278,13 @@ def _clip(nets: torch.nn.ModuleDict, max_norm: float, per_network: bool) -> floa
 
 
 @torch.no_grad()
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of a ``cfg.max_steps`` run."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / cfg.max_steps))
+
+
 def _ema_update(ema: torch.nn.Module, raw: torch.nn.Module, decay: float) -> None:
     for e, r in zip(ema.parameters(), raw.parameters()):
         e.lerp_(r.detach(), 1.0 - decay)
