@@ -5,8 +5,8 @@ while the backfill runs.
 * **Backfill.** The period is cut into chunks (one UTC day by default); ``workers`` processes
   each run :func:`qpe_core.simulate_archive.simulate_to_archive` (the function behind the
   ``simulate-archive`` flow's task) on one chunk at a time.  The time axis is allocated once
-  before the writers start (:meth:`~qpe_core.timecube.TimeCube.ensure_range`, as required on
-  object stores).  Memory is bounded by construction: the simulator streams one slot at a time
+  before the writers start (:meth:`~qpe_core.timecube.TimeCube.ensure_range`: one growth under the
+  cube's lock instead of the writers queueing for it).  Memory is bounded by construction: the simulator streams one slot at a time
   and a worker holds one chunk's simulator only; the RSS each worker has after its first and its
   last chunk are reported to show it does not grow.
 * **Nowcast.** One :func:`qpe_core.nowcast.run_cycle` (the ``nowcast`` flow's task) with the
@@ -183,7 +183,7 @@ def run_load(days: float = 7.0, start: str = "2024-06-01T00:00Z", slots: int | N
     url, products = str(root / f"{area}.zarr"), str(root / "products")
     try:
         arc = Archive.open_or_create(url, area, channels, minutes)
-        arc.ensure_range(t_start, now_slot)  # once, before the parallel writers (object stores need it)
+        arc.ensure_range(t_start, now_slot)  # once, before the parallel writers (one growth)
         parts = chunks(t_start, periods, chunk_slots, minutes)
         ctx = _context()
         t0 = time.time()

@@ -7,8 +7,8 @@ day of the month of the first slot written unless given): slot ``t`` lives at in
 chunk (time chunks are 1).  The axis is preallocated in blocks of ``ALLOC_BLOCK`` slots;
 unwritten chunks cost nothing (fill value NaN).  Each cube has completion markers
 (float arrays on the time axis, NaN = slot not complete) written last.  Growing the
-axis takes a file lock on local stores; on object stores call
-:meth:`TimeCube.ensure_range` once before parallel writers start.
+axis and writing a slot take a lock: a file lock on local stores, a lock object created with an
+exclusive write on object stores (:mod:`qpe_core.object_lock`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from qpe_core.errors import ArchiveError
 from qpe_core.grids import crs_attrs, grid_xy
+from qpe_core.object_lock import object_lock
 from qpe_core.timeutil import check_on_grid, iso, to_utc
 
 ALLOC_BLOCK = 2976  # slots added per extension: 31 days of 15-minute slots
@@ -96,11 +97,8 @@ class SlotWrite:
 
 
 @contextlib.contextmanager
-def _file_lock(lock_file: Path | None, timeout: float = 120):
-    """Inter-process lock on ``lock_file`` (its folder is created); ``None`` = no lock (object stores)."""
-    if lock_file is None:
-        yield
-        return
+def _file_lock(lock_file: Path, timeout: float = 120):
+    """Inter-process lock on ``lock_file`` (its folder is created)."""
     from filelock import FileLock
 
     lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -108,11 +106,15 @@ def _file_lock(lock_file: Path | None, timeout: float = 120):
         yield
 
 
-def _path_lock(url: str | None):
-    """File lock ``<cube>.lock`` beside a local cube (timeout 120 s); no-op for object stores."""
-    if url is None or "://" in url:
-        return _file_lock(None)
-    return _file_lock(Path(url).with_name(Path(url).name + ".lock"))
+def _cube_lock(url: str, storage_options: dict | None, name: str = "", timeout: float = 120, what: str = ""):
+    """Lock ``<cube>.lock`` (``name`` empty) or ``<cube>.locks/<name>`` beside the cube: a file lock
+    for a local cube, a lock object for a cube on an object store (``s3://...``)."""
+    url = url.rstrip("/")
+    if "://" in url and not url.startswith("file://"):
+        lock_url = f"{url}.locks/{name}" if name else f"{url}.lock"
+        return object_lock(lock_url, storage_options, timeout=timeout, what=what or url)
+    root = Path(url.removeprefix("file://"))
+    return _file_lock(root.parent / (root.name + (f".locks/{name}" if name else ".lock")), timeout=timeout)
 
 
 class TimeCube:
@@ -146,14 +148,13 @@ class TimeCube:
 
     @classmethod
     def _open_or_create(cls, url: str, storage_options: dict | None, create):
-        """Open, or create under the cube's file lock (local stores): zarr's ``mode='w-'`` does not
-        make creation exclusive, and parallel first writers of a backfill collided in it. On object
-        stores, create the cube before starting parallel writers (flows do)."""
+        """Open, or create under the cube's lock: zarr's ``mode='w-'`` does not make creation
+        exclusive, and parallel first writers of a backfill collided in it."""
         try:
             return cls.open(url, "a", storage_options)
         except ArchiveError:
             pass
-        with _path_lock(url):
+        with _cube_lock(url, storage_options, what=f"{url}: creation"):
             try:
                 return cls.open(url, "a", storage_options)
             except ArchiveError:
@@ -245,23 +246,17 @@ class TimeCube:
 
     @contextlib.contextmanager
     def slot_lock(self, time):
-        """Exclusive right to write slot ``time`` (local stores; no-op on object stores): concurrent
-        cycles share lag slots, and rewriting a complete slot clears its marker for a moment, which
-        failed a neighbour reading it (seen with two backfill workers)."""
-        store = self.group.store
-        stamp = check_on_grid(time, self.slot_minutes, "slot").strftime("%Y%m%dT%H%M")
-        lock = None
-        if isinstance(store, zarr.storage.LocalStore):
-            root = Path(store.root)
-            lock = root.with_name(root.name + ".locks") / f"{stamp}.lock"
-        with _file_lock(lock, timeout=600):
+        """Exclusive right to write slot ``time``: concurrent cycles share lag slots, and rewriting
+        a complete slot clears its marker for a moment, which failed a neighbour reading it (seen
+        with two backfill workers, and with duplicate nowcast runs publishing one product slot)."""
+        ts = check_on_grid(time, self.slot_minutes, "slot")
+        with _cube_lock(self.url, self.storage_options, f"{ts.strftime('%Y%m%dT%H%M')}.lock", timeout=600,
+                        what=f"{self.url}: slot {iso(ts)}"):
             yield
 
-    @contextlib.contextmanager
     def _lock(self):
-        store = self.group.store
-        with _path_lock(str(store.root) if isinstance(store, zarr.storage.LocalStore) else None):
-            yield
+        """The whole cube's lock (growing the time axis)."""
+        return _cube_lock(self.url, self.storage_options, what=f"{self.url}: time axis")
 
     def marker_series(self, marker: str) -> pd.Series:
         """Values of completion marker ``marker`` for every complete slot, indexed by UTC time."""

@@ -294,3 +294,49 @@ def test_publishing_a_slot_waits_for_another_publisher_of_it(tmp_path):
         assert not done.wait(2.0), "published while another run held the slot"
     th.join(120)
     assert done.is_set() and ProductCube.open(f"{prod}/{AREA}.zarr").has_slot(T)
+
+
+def test_publishing_a_slot_on_s3_waits_for_another_publisher_of_it(s3_bucket):
+    """The same on an object store: the slot lock is an object created with an exclusive write
+    (If-None-Match), honoured by the local S3 server; the lock object is gone afterwards."""
+    import threading
+
+    import s3fs
+
+    from qpe_core.nowcast import publish_products
+
+    bucket, opts = s3_bucket
+    prod = f"s3://{bucket}/prod"
+    cube = ProductCube.open_or_create(f"{prod}/{AREA}.zarr", AREA, 4, storage_options=opts)
+    done = threading.Event()
+    with cube.slot_lock(T):
+        fs = s3fs.S3FileSystem(**opts)
+        assert fs.find(f"{bucket}/prod/{AREA}.zarr.locks") == [f"{bucket}/prod/{AREA}.zarr.locks/20240601T1215.lock"]
+        th = threading.Thread(target=lambda: (publish_products(ensemble(1), prod, AREA, opts), done.set()))
+        th.start()
+        assert not done.wait(3.0), "published while another run held the slot"
+    th.join(120)
+    assert done.is_set() and ProductCube.open(f"{prod}/{AREA}.zarr", storage_options=opts).has_slot(T)
+    assert fs.find(f"{bucket}/prod/{AREA}.zarr.locks", refresh=True) == []
+
+
+def test_object_lock_takes_over_a_dead_holders_lock_and_times_out_naming_it(s3_bucket):
+    import json
+    import time
+
+    import s3fs
+
+    from qpe_core.errors import ArchiveError
+    from qpe_core.object_lock import object_lock
+
+    bucket, opts = s3_bucket
+    fs = s3fs.S3FileSystem(**opts)
+    url = f"s3://{bucket}/cube.zarr.locks/20240601T1215.lock"
+    fs.pipe_file(url, json.dumps({"owner": "dead-worker", "expires": time.time() - 1}).encode())
+    with object_lock(url, opts, timeout=5):  # the lease ended: taken over at once
+        assert json.loads(fs.cat_file(url))["owner"] != "dead-worker"
+        with pytest.raises(ArchiveError, match=r"slot 2024-06-01T12:15Z: still held by .* after 1 s.*20240601T1215.lock"):
+            with object_lock(url, opts, timeout=1, what="slot 2024-06-01T12:15Z"):
+                pass
+    fs.invalidate_cache()
+    assert not fs.exists(url)
