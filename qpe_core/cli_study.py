@@ -17,27 +17,15 @@ def study_cmd(
     models: Annotated[Optional[str], typer.Option(help="comma-separated model names of the profile to keep")] = None,
     steps: Annotated[Optional[int], typer.Option(help="override the profile's optimiser steps")] = None,
     device: Annotated[Optional[str], typer.Option(help="override the profile's device (cpu | cuda)")] = None,
-    lr_schedule: Annotated[Optional[str], typer.Option(help="override the profile's schedule (constant | cosine)")]
-    = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(
+        help="one learning-rate schedule for every model (constant | cosine), instead of the profile's")] = None,
 ):
     """Train every kind with one equal budget, score them on a held-out period, write the report."""
     from qpe_core.cli import err, out  # the CLI's consoles (this module is registered by qpe_core.cli)
-    from qpe_core.errors import QpeError
-    from qpe_core.study import PROFILES, run_study
+    from qpe_core.study import customise, run_study
 
-    if profile not in PROFILES:
-        raise QpeError(f"unknown profile {profile!r}; choose from {list(PROFILES)}")
-    prof = PROFILES[profile]
-    update = {k: v for k, v in {"steps": steps, "device": device, "lr_schedule": lr_schedule}.items() if v is not None}
-    if models:
-        keep = [m.strip() for m in models.split(",")]
-        unknown = sorted(set(keep) - {m.name for m in prof.models})
-        if unknown:
-            raise QpeError(f"profile {profile} has no model {unknown}; it has {[m.name for m in prof.models]}")
-        update["models"] = [m for m in prof.models if m.name in keep]
-        if prof.default not in keep:
-            update["default"] = keep[-1]
-    prof = prof.model_copy(update=update)
+    keep = [m.strip() for m in models.split(",")] if models else None
+    prof = customise(profile, keep, steps=steps, device=device, lr_schedule=lr_schedule)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[label]}"), console=err)
     tasks: dict[str, int] = {}

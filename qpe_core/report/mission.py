@@ -180,7 +180,8 @@ def curves_markdown(metrics: dict) -> str:
         last = curve[-1]
         half = min(curve, key=lambda c: abs(c[0] - last[0] / 2))
         change = (last[1] - half[1]) / half[1] if half[1] else float("nan")
-        lines.append(f"- {name}: " + ", ".join(f"{int(s)}: {v:.4f}" for s, v in curve)
+        rate = f" ({entry['lr_schedule']} rate)" if entry.get("lr_schedule") else ""
+        lines.append(f"- {name}{rate}: " + ", ".join(f"{int(s)}: {v:.4f}" for s, v in curve)
                      + f"; step {int(half[0])} to {int(last[0])}: {100 * change:+.1f} %")
     return "\n".join(lines) + "\n"
 
