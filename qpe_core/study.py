@@ -57,7 +57,6 @@ class ModelSpec(BaseModel):
     seed: int | None = None
     backbone: dict = Field(default_factory=dict)  # UNet options on top of the profile's (e.g. tendency)
     mean: str = "unet"          # cascade-flow: the study's U-Net it freezes (same lags and seed)
-    lr_schedule: Literal["constant", "cosine"] | None = None  # overrides the profile's (chosen on validation loss, README)
     group: str | None = None    # models of one group differ only by seed: reported as mean and spread
 
 
@@ -82,13 +81,8 @@ def _lag_models(lag_sets: list[list[int]], seeds, cascade_lag_sets: list[list[in
 
 
 # the mission's comparison: the U-Net and DDPM baselines, plain flow matching and the default; the
-# residual flow (the previous default, trained jointly) lost and is in cpu-ablation. Each kind trains
-# with the rate schedule that gave it the lower validation loss in the cpu profile (same data, steps,
-# peak rate): the DDPM's EDM loss was 7 % lower with a constant rate (0.0907 vs 0.0974), the others'
-# lower or equal with the cosine decay (U-Net 0.0470 vs 0.0489, cascade flow 0.2288 vs 0.2334, flow
-# 0.0691 vs 0.0693)
-KINDS = [ModelSpec(name=k, kind=k, lr_schedule="constant" if k == "ddpm" else None)
-         for k in ("unet", "cascade-flow", "flow", "ddpm")]
+# residual flow (the previous default, trained jointly) lost and is in cpu-ablation
+KINDS = [ModelSpec(name=k, kind=k) for k in ("unet", "cascade-flow", "flow", "ddpm")]
 
 
 class StudyProfile(BaseModel):
@@ -105,8 +99,9 @@ class StudyProfile(BaseModel):
     batch_size: int = 8
     patch: int = 64
     lr: float = 5e-4
-    # TrainConfig.lr_schedule (constant | cosine); cpu-lags and cpu-ablation keep the constant rate
-    # their README tables were measured with
+    # TrainConfig.lr_schedule, one for every model: cosine, chosen on the cpu profile's validation period
+    # (README "The learning-rate schedule"); cpu-lags and cpu-ablation keep the constant rate their
+    # README tables were measured with
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     ema_decay: float = 0.999
     backbone: dict = Field(default_factory=lambda: {"base_channels": 16})
@@ -170,8 +165,7 @@ PROFILES: dict[str, StudyProfile] = {
 
 def customise(name: str, models: list[str] | None = None, **overrides) -> StudyProfile:
     """Profile ``name`` with only the ``models`` named (the last kept one becomes the default if the
-    profile's is dropped) and ``overrides`` (steps, device, lr_schedule; None = the profile's). A
-    ``lr_schedule`` given here applies to every model, replacing the per-model ones."""
+    profile's is dropped) and ``overrides`` (steps, device, lr_schedule; None = the profile's)."""
     if name not in PROFILES:
         raise QpeError(f"unknown profile {name!r}; choose from {list(PROFILES)}")
     prof = PROFILES[name]
@@ -184,8 +178,6 @@ def customise(name: str, models: list[str] | None = None, **overrides) -> StudyP
         specs = [m for m in prof.models if m.name in models]
         if prof.default not in models:
             update["default"] = models[-1]
-    if update.get("lr_schedule"):
-        specs = [m.model_copy(update={"lr_schedule": None}) for m in specs]
     try:
         return StudyProfile.model_validate({**prof.model_dump(), **update, "models": [m.model_dump() for m in specs]})
     except ValidationError as exc:
@@ -242,7 +234,7 @@ def _train_config(profile: StudyProfile, spec: ModelSpec, archive: str, out: Pat
     extra = {"mean_checkpoint": str(out / "ck" / spec.mean)} if spec.kind == "cascade-flow" else {}
     return TrainConfig(archive=archive, kind=spec.kind, out=str(out / "ck" / spec.name), max_steps=profile.steps,
                        patch=profile.patch, lags=spec.lags or profile.lags, batch_size=profile.batch_size,
-                       lr=profile.lr, lr_schedule=spec.lr_schedule or profile.lr_schedule, ema_decay=profile.ema_decay, device=profile.device,
+                       lr=profile.lr, lr_schedule=profile.lr_schedule, ema_decay=profile.ema_decay, device=profile.device,
                        seed=profile.seed if spec.seed is None else spec.seed, end=iso(end), backbone={**profile.backbone, **spec.backbone},
                        objective=spec.objective, val_every=profile.val_every, save_every=max(profile.steps // 4, 1),
                        loader_threads=2 if profile.device == "cpu" else 4, preload=True, **extra)

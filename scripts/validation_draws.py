@@ -51,7 +51,8 @@ def _inputs(study, prof, times):
     from qpe_core.evaluation import window_slices
     from qpe_core.grids import get_spec
 
-    arc = Archive.open(str(study / "archive.zarr"))
+    log = study / "study.json"  # a study run with --archive names it there
+    arc = Archive.open(json.loads(log.read_text())["archive"] if log.is_file() else str(study / "archive.zarr"))
     spec = get_spec(arc.area)
     from qpe_core.study import _window
     ys, xs = window_slices(_window(prof), (spec.height, spec.width))

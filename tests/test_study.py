@@ -25,14 +25,13 @@ def test_tiny_study_writes_report_with_every_model_and_the_mission_checks(tiny_s
     out, metrics = tiny_study
     names = [m.name for m in PROFILES["tiny"].models]
     assert list(metrics["models"]) == names
-    for name in names:  # one equal budget; each kind's rate schedule (the DDPM's constant)
+    for name in names:  # one equal budget, one rate schedule
         card = json.loads((out / "ck" / name / "card.json").read_text())
-        assert card["steps"] == PROFILES["tiny"].steps
-        assert card["config"]["lr_schedule"] == ("constant" if name == "ddpm" else "cosine")
+        assert card["steps"] == PROFILES["tiny"].steps and card["config"]["lr_schedule"] == "cosine"
     report = (out / "report" / "report.md").read_text()
     assert "## Mission checks" in report and "### cascade-flow (default)" in report
     assert "## Comparison" in report and "| POD | FAR | CSI | ETS |" in report and "q99.9 / truth" in report
-    assert metrics["models"]["ddpm"]["lr_schedule"] == "constant"
+    assert metrics["models"]["ddpm"]["lr_schedule"] == "cosine"
     assert "## Training curves" in report and isinstance(metrics["models"]["unet"]["val_curve"], list)
     from qpe_core.report.mission import curves_markdown
     md = curves_markdown({"models": {"u": {"val_curve": [[500, 0.2], [1000, 0.1], [2000, 0.099]],
@@ -67,15 +66,15 @@ def test_rerun_resumes_without_retraining_and_gives_the_same_scores(tiny_study):
         assert (math.isnan(a) and b is None) or a == pytest.approx(b)
 
 
-def test_customise_keeps_models_moves_the_default_and_overrides_the_schedule():
-    from qpe_core.study import customise
+def test_customise_keeps_models_moves_the_default_and_overrides_the_schedule(tmp_path):
+    from qpe_core.study import _train_config, customise
 
     assert customise("cpu") == PROFILES["cpu"]
     prof = customise("cpu", ["unet", "ddpm"], steps=10)
     assert [m.name for m in prof.models] == ["unet", "ddpm"] and prof.default == "ddpm" and prof.steps == 10
-    assert prof.models[1].lr_schedule == "constant"  # the DDPM's own schedule kept...
-    flat = customise("cpu", lr_schedule="cosine")  # ...unless one schedule is asked for every model
-    assert flat.lr_schedule == "cosine" and all(m.lr_schedule is None for m in flat.models)
+    assert {_train_config(prof, m, "a.zarr", tmp_path).lr_schedule for m in prof.models} == {"cosine"}
+    flat = customise("cpu-lags", lr_schedule="cosine")  # cpu-lags keeps its constant rate unless asked
+    assert PROFILES["cpu-lags"].lr_schedule == "constant" and flat.lr_schedule == "cosine"
     with pytest.raises(QpeError, match="lr_schedule"):
         customise("cpu", lr_schedule="linear")
 
