@@ -19,7 +19,6 @@ import xarray as xr
 
 from qpe_core.errors import QpeError
 from qpe_core.grids import get_spec
-from qpe_core.products.cog import product_path, publish
 from qpe_core.products.ensemble_stats import ensemble_stats, prob_name, product_metadata
 
 COASTLINE_FILE = Path(__file__).with_name("coastlines.npz")
@@ -195,5 +194,7 @@ def write_quicklook(ds: xr.Dataset, root: str | Path, coastlines: bool = True,
     """
     stats = ensemble_stats(ds) if "rain" in ds and "mean" not in ds else ds
     area = stats.attrs.get("area") or "grid"
+    from qpe_core.products.cog import product_path, publish  # rasterio: only where products are written
+
     dest = path or product_path(root, area, stats["time"].values, "quicklook", "png")
     return publish(lambda tmp: render_quicklook(stats, tmp, coastlines), str(dest), storage_options)
