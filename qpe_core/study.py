@@ -14,7 +14,8 @@ Stages, each resumable (a re-run skips what is complete and resumes a half-train
    (:mod:`qpe_core.report.mission`) and write ``OUT/report`` (``metrics.json``, ``report.md``,
    figures) and ``OUT/study.json`` (profile, wall time per stage).
 
-Profiles: ``cpu`` (2 cores, at most 75 minutes), ``gpu`` (one H100/H200, at most 10 minutes with the
+Profiles: ``cpu`` (2 cores, at most 75 minutes), ``cpu-season`` (the same budget on 12 training
+segments over June 1-25, held out June 26-27), ``gpu`` (one H100/H200, at most 10 minutes with the
 archive simulated in the same call) and ``tiny`` (the tests). Rain in mm/h, times UTC.
 """
 
@@ -120,6 +121,11 @@ class StudyProfile(BaseModel):
 PROFILES: dict[str, StudyProfile] = {
     "cpu": StudyProfile(name="cpu", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
                         eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91)),
+    # the cpu profile's budget with the gpu profile's data: 12 training segments over June 1-25 (the
+    # simulator's convection grows with the season, so the cpu profile's June 10-11 held-out period is
+    # wetter than all of its June 1-8 training data), held out June 26-27 with the cpu profile's seed
+    "cpu-season": StudyProfile(name="cpu-season", train_segments=_segments("2024-06-01T00:00Z", 12, 2, 11),
+                               eval_segments=_segments("2024-06-26T00:00Z", 1, 2, 91)),
     "gpu": StudyProfile(name="gpu", train_segments=_segments("2024-06-01T00:00Z", 12, 2, 101),
                         eval_segments=_segments("2024-06-26T00:00Z", 2, 2, 191), steps=1500, batch_size=16,
                         patch=128, backbone={}, ema_decay=0.999, cases=24, window=None, members=8,

@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -205,3 +206,17 @@ def test_cascade_on_an_encoding_unet_encodes_its_slots_the_same_way(tmp_path, en
     assert card["mean_checkpoint"]["path"] == str(tmp_path / "ck" / "unet-t")
     assert all(card["backbone"][k] == v for k, v in enc.items())
     assert set(metrics["models"]) >= {"unet-t", "cascade-flow-t"}
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_profile_holds_out_a_later_period_with_unseen_seeds(name):
+    prof = PROFILES[name]
+
+    def span(s):
+        t0 = pd.Timestamp(s.start)
+        return t0, t0 + pd.Timedelta(minutes=15 * s.periods)
+
+    spans = sorted(span(s) for s in [*prof.train_segments, *prof.eval_segments])
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), "segments overlap in one archive"
+    assert max(span(s)[1] for s in prof.train_segments) < min(span(s)[0] for s in prof.eval_segments)
+    assert not {s.seed for s in prof.train_segments} & {s.seed for s in prof.eval_segments}
