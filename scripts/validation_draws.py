@@ -145,26 +145,29 @@ def fit_patches(model, n: int):
     return _val_set(sampler, val_t, n, cfg["seed"])
 
 
-QUANTILES = (0.999, 0.995, 0.99, 0.98, 0.97, 0.95)
+# (clip_quantile, tail_clip_quantile): the same quantile everywhere, or a tighter one in the tail bins
+# (the top 4 % of the mean, where each case's largest member value is drawn)
+CLIPS = ((0.999, None), (0.995, None), (0.99, None), (0.98, None), (0.97, None), (0.95, None),
+         (0.98, 0.95), (0.98, 0.9), (0.98, 0.8), (0.99, 0.9), (0.995, 0.9))
 
 
-def clip_variants(model, patches=(256,), quantiles=QUANTILES) -> dict:
+def clip_variants(model, patches=(256,), clips=CLIPS) -> dict:
     """``{name: (clip_knots, spread_knots)}``: the clip refitted on the validation patches at other
     quantiles, and the calibration refitted after it as training does (``train._calibrate``, same
     seed); the scale knots, which the flow was trained with, are kept."""
     from qpe_core.training.train import _calibrate
 
     obj, out = model.objective, {}
-    saved = (obj.clip_knots, obj.clip_quantile, obj.spread_knots)
+    saved = (obj.clip_knots, obj.clip_quantile, obj.tail_clip_quantile, obj.spread_knots)
     for n in patches:
         val = fit_patches(model, n)
-        for q in quantiles:
-            obj.clip_quantile = q
+        for q, qt in clips:
+            obj.clip_quantile, obj.tail_clip_quantile = q, qt
             obj.fit_clip({"mean": model.nets["mean"]}, *val)
             _calibrate(obj, model.nets, val, "cpu", model.card["config"]["seed"])
-            out[f"clip-q{q}-{n}p"] = (obj.clip_knots, obj.spread_knots)
-            print("clip", n, q, [round(k[2], 2) for k in obj.clip_knots[-6:]], flush=True, file=sys.stderr)
-    obj.clip_knots, obj.clip_quantile, obj.spread_knots = saved
+            out[f"clip-q{q}" + (f"-tail{qt}" if qt else "") + f"-{n}p"] = (obj.clip_knots, obj.spread_knots)
+            print("clip", n, q, qt, [round(k[2], 2) for k in obj.clip_knots[-6:]], flush=True, file=sys.stderr)
+    obj.clip_knots, obj.clip_quantile, obj.tail_clip_quantile, obj.spread_knots = saved
     return out
 
 

@@ -198,3 +198,20 @@ def test_calibration_matches_the_held_out_residual_where_the_scale_is_not_floore
     assert 1.7 < obj.spread_knots[-1][2] < 2.2  # gain ~ 0.96 / 0.5
     assert make_objective(**obj.config()).config() == obj.config()
     assert CascadeFlow(calibrate_members=0).calibrate(nets, torch.zeros(8, 2, 64, 64), y) is None
+
+
+def test_tail_clip_quantile_tightens_only_the_top_four_percent():
+    g = gen(12)
+    m = torch.rand(8, 1, 64, 64, generator=g) * 3.0 - 1.0  # a continuum of mean values
+    y = m + 0.5 * torch.randn(8, 1, 64, 64, generator=g)
+    nets, cond = {"mean": ConstantField(m)}, torch.zeros(8, 2, 64, 64)
+    base, tight = CascadeFlow(scale_bins=8, scale_floor=0.05), CascadeFlow(scale_bins=8, scale_floor=0.05, tail_clip_quantile=0.9)
+    base.fit_residual_std(nets, cond, y)
+    tight.fit_residual_std(nets, cond, y)
+    assert base.scale_knots == tight.scale_knots and len(base.clip_knots) == 8 + 5
+    assert base.clip_knots[:8] == tight.clip_knots[:8]  # the bulk's bins: same 2/98 % bounds
+    for b, t in zip(base.clip_knots[8:], tight.clip_knots[8:]):  # the tail: 10/90 % bounds, narrower
+        assert t[2] < b[2] - 0.3 and t[1] > b[1] + 0.3
+    assert make_objective(**tight.config()).config() == tight.config()
+    with pytest.raises(ValueError, match="tail_clip_quantile"):
+        CascadeFlow(tail_clip_quantile=0.3)

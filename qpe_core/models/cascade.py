@@ -99,7 +99,8 @@ class CascadeFlow(FlowMatching):
     def __init__(self, sigma0: float = 1.0, residual_std: float = 1.0, cond_dropout: float = 0.0,
                  guidance: float = 1.0, scale_knots: list | None = None, scale_floor: float = 0.25,
                  scale_bins: int = 24, tail_bins: int = 5, clip_knots: list | None = None, clip: bool = True,
-                 clip_quantile: float = 0.98, spread_knots: list | None = None, calibrate_members: int = 4):
+                 clip_quantile: float = 0.98, tail_clip_quantile: float | None = None,
+                 spread_knots: list | None = None, calibrate_members: int = 4):
         super().__init__(sigma0, sigma_data=1.0)
         if not residual_std > 0:
             raise ValueError(f"residual_std must be > 0, got {residual_std}")
@@ -110,6 +111,9 @@ class CascadeFlow(FlowMatching):
         if not 0.5 < clip_quantile <= 1.0:
             raise ValueError(f"clip_quantile must be in (0.5, 1], got {clip_quantile}")
         self.clip_quantile, self.calibrate_members = float(clip_quantile), int(calibrate_members)
+        if tail_clip_quantile is not None and not 0.5 < tail_clip_quantile <= 1.0:
+            raise ValueError(f"tail_clip_quantile must be in (0.5, 1] or None, got {tail_clip_quantile}")
+        self.tail_clip_quantile = None if tail_clip_quantile is None else float(tail_clip_quantile)
         self.spread_knots = None if spread_knots is None else [[float(v) for v in k] for k in spread_knots]
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
@@ -144,14 +148,19 @@ class CascadeFlow(FlowMatching):
         normalised residual ``u = (y - m) / s(m)`` per quantile bin of ``m`` (the scale's bins).
 
         The tail bins are small (the top 0.25 % of 32 patches of 64 x 64 is 327 pixels, where the 99.9 %
-        quantile is the bin's maximum): fit on enough patches that it is not (``TrainConfig.fit_patches``)."""
+        quantile is the bin's maximum): fit on enough patches that it is not (``TrainConfig.fit_patches``).
+        ``tail_clip_quantile`` (None = ``clip_quantile``) is used instead in the tail bins (the top 4 %
+        of ``m``), where a member's value is the largest of the scene."""
         y, valid = _valid(target, mask)
         mean = self.mean(nets, cond).to(y)
         ok = valid.bool()
-        mv, u, q = mean[ok].double(), ((y - mean) / self.scale(mean))[ok].double(), self.clip_quantile
+        mv, u = mean[ok].double(), ((y - mean) / self.scale(mean))[ok].double()
         parts = _quantile_parts(mv, self.scale_bins, self.tail_bins)
+        first_rank = torch.tensor([0] + [len(p) for p in parts]).cumsum(0)[:-1]
+        qt = self.clip_quantile if self.tail_clip_quantile is None else self.tail_clip_quantile
+        qs = [qt if self.tail_bins >= 1 and int(r) >= round(0.96 * mv.numel()) else self.clip_quantile for r in first_rank]
         self.clip_knots = _pool([(float(mv[p].mean()), float(u[p].quantile(1 - q)), float(u[p].quantile(q)))
-                                 for p in parts], lambda a, b: (min(a[0], b[0]), max(a[1], b[1])))
+                                 for p, q in zip(parts, qs)], lambda a, b: (min(a[0], b[0]), max(a[1], b[1])))
 
     def scale(self, mean: torch.Tensor) -> torch.Tensor:
         """Residual scale ``s(m)`` (transformed units), same shape as ``mean``."""
@@ -274,5 +283,6 @@ class CascadeFlow(FlowMatching):
         return {"kind": self.kind, "sigma0": self.sigma0, "residual_std": self.residual_std,
                 "cond_dropout": self.cond_dropout, "guidance": self.guidance, "scale_knots": self.scale_knots,
                 "scale_floor": self.scale_floor, "scale_bins": self.scale_bins, "tail_bins": self.tail_bins, "clip_knots": self.clip_knots,
-                "clip": self.clip, "clip_quantile": self.clip_quantile, "spread_knots": self.spread_knots,
+                "clip": self.clip, "clip_quantile": self.clip_quantile, "tail_clip_quantile": self.tail_clip_quantile,
+                "spread_knots": self.spread_knots,
                 "calibrate_members": self.calibrate_members}
