@@ -3,7 +3,7 @@
 #   qpe study --profile gpu (simulate in 16 parallel processes, U-Net first, then the other kinds
 #   4 at a time on the GPU, held-out ensembles, scores, report), then the GPU ensemble timings.
 # The device image has PyTorch but not every dependency: the missing ones travel as wheels in .whl/
-# (README "GPU profile" says how they are fetched) and are installed into /tmp/site first.
+# (fetched beforehand by scripts/gpu_wheels.sh) and are installed into /tmp/site first.
 # Results under $1, at most 8 files (the device tool's limit): study.tgz (report/, study.json, each
 # model's card.json and train_log.jsonl), study.log, bench_gpu.json, run.log.
 set -u
