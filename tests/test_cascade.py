@@ -118,6 +118,16 @@ def test_preloaded_patches_equal_store_reads(archive):
     for t in (times[2], times[-3], times[0]):  # the last lies outside memory: read from the store
         for a, b in zip(store.read(t, 40, 100), mem.read(t, 40, 100)):
             assert torch.equal(a, b)
+    # a batch encoded at once (training, on its device) equals the patches encoded one by one
+    where = [(times[2], 40, 100), (times[-3], 0, 0), (times[0], 200, 17)]
+    raw = [mem.read_raw(*w) for w in where]
+    raw[1] = (raw[1][0], raw[1][1].copy())  # (a view of the preloaded slots otherwise)
+    raw[1][1][:5] = np.nan  # missing radar rows: masked, target 0
+    batch = mem.encode_batch(*(torch.from_numpy(np.stack([r[k] for r in raw])) for k in range(2)))
+    for i, (bt, rain) in enumerate(raw):
+        for a, b in zip(batch, mem.encode(bt, rain)):
+            assert torch.equal(a[i], b)
+    assert batch[2][1, 0, :5].sum() == 0 and batch[2][1, 0, 5:].sum() > 0
 
 
 def test_residual_scale_follows_the_mean_on_held_out_data():

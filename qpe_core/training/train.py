@@ -111,7 +111,8 @@ def _fit_target_stats(sampler: PatchSampler, times: pd.DatetimeIndex, n: int = 2
 
 def _batch(sampler: PatchSampler, times: pd.DatetimeIndex, size: int, seed: int, rank: int, step: int,
            pool: ThreadPoolExecutor | None = None):
-    """The batch of optimiser step ``step`` on ``rank``: a pure function of (seed, rank, step), so
+    """The raw batch ``(bt, rain)`` of optimiser step ``step`` on ``rank`` (encode it with
+    ``sampler.encode_batch`` on the training device): a pure function of (seed, rank, step), so
     a resumed run sees exactly the batches an uninterrupted one would. Patches are drawn first and
     read in ``pool`` threads (Zarr decompression releases the GIL)."""
     rng = np.random.default_rng([seed, rank, step])
@@ -120,8 +121,8 @@ def _batch(sampler: PatchSampler, times: pd.DatetimeIndex, size: int, seed: int,
     for _ in range(size):  # same draw order as PatchSampler.random
         t = times[int(rng.integers(len(times)))]
         where.append((t, int(rng.integers(0, ny - sampler.patch + 1)), int(rng.integers(0, nx - sampler.patch + 1))))
-    items = list((pool.map if pool else map)(lambda w: sampler.read(*w), where))
-    return tuple(torch.stack([x[k] for x in items]) for k in range(3))
+    items = list((pool.map if pool else map)(lambda w: sampler.read_raw(*w), where))
+    return tuple(torch.from_numpy(np.stack([x[k] for x in items])) for k in range(2))
 
 
 def _val_set(sampler: PatchSampler, times: pd.DatetimeIndex, n: int, seed: int):
@@ -188,9 +189,15 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t_start, seen = time.perf_counter(), 0
     pool = ThreadPoolExecutor(cfg.loader_threads) if cfg.loader_threads > 1 else None
+    ahead = ThreadPoolExecutor(1)  # reads step k + 1's patches while step k runs on the device
+
+    def fetch(k):
+        return ahead.submit(_batch, sampler, train_t, cfg.batch_size, cfg.seed, rank, k, pool)
+
+    nxt = fetch(step) if step < cfg.max_steps else None
     while step < cfg.max_steps:
-        batch = _batch(sampler, train_t, cfg.batch_size, cfg.seed, rank, step, pool)
-        cond, target, mask = (x.to(device, non_blocking=True) for x in batch)
+        patches, nxt = nxt.result(), fetch(step + 1) if step + 1 < cfg.max_steps else None
+        cond, target, mask = sampler.encode_batch(*(x.to(device, non_blocking=True) for x in patches))
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, step, 1]).generate_state(1)[0]))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss, logs = objective.loss(nets, cond, target, mask)
@@ -218,6 +225,7 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
                 save_checkpoint(cfg.out, card, ema, raw, opt, step)
         if progress:
             progress(step, rec)
+    ahead.shutdown(cancel_futures=True)
     if pool:
         pool.shutdown()
     if world > 1:
