@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--variants", default="", help="comma-separated DDPM variants to draw (default: all)")
+    ap.add_argument("--clips", default="", help="cascade clip variants as Q or Q/TAIL, comma-separated "
+                    "(default: all of CLIPS), e.g. 0.98/0.9,0.99/0.9")
     args = ap.parse_args(argv)
     only = {v for v in args.variants.split(",") if v}
     from qpe_core.study import PROFILES
@@ -105,7 +107,9 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     model = load_checkpoint(args.study / "ck" / args.model, "cpu")
     if model.card["kind"] == "cascade-flow":
-        variants = cascade_variants(model, arc, times, ys, xs, prof.members)
+        clips = tuple((float(c.split("/")[0]), float(c.split("/")[1]) if "/" in c else None)
+                      for c in args.clips.split(",") if c) or CLIPS
+        variants = cascade_variants(model, arc, times, ys, xs, prof.members, clips)
     else:
         variants = ddpm_variants(model, arc, times, ys, xs, prof.members, only)
     res = score(truth, variants, times, prof)
@@ -119,7 +123,7 @@ def main(argv=None) -> int:
                       f"mean there {MEANS[i][j[1:]]:.1f}, truth there {truth[i][j[1:]]:.1f}, "
                       f"mean max {np.nanmax(MEANS[i]):.1f}")
     (args.study / "validation").mkdir(exist_ok=True)
-    name = "-".join([args.model, *sorted(only)])  # a subset of the variants gets its own file
+    name = "-".join([args.model, *sorted(only), *([args.clips.replace("/", "t")] if args.clips else [])])  # a subset: own file
     (args.study / "validation" / f"{name}.json").write_text(json.dumps(
         {"times": [str(t) for t in times], "variants": res}, indent=1))
     return 0
@@ -171,11 +175,11 @@ def clip_variants(model, patches=(256,), clips=CLIPS) -> dict:
     return out
 
 
-def cascade_variants(model, arc, times, ys, xs, members):
+def cascade_variants(model, arc, times, ys, xs, members, clips=CLIPS):
     """Raw residual drawn once per case (seed k), then composed with every variant of the clip."""
     obj, nets = model.objective, model.nets
     trained = (obj.clip_knots, obj.spread_knots)
-    knots = {"as-trained": trained, **clip_variants(model)}
+    knots = {"as-trained": trained, **clip_variants(model, clips=clips)}
     variants = {}
     for k, t in enumerate(times):
         bt, valid = _stack(model, arc, t, ys, xs)
