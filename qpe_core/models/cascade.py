@@ -63,6 +63,9 @@ def _pool(bins: list[tuple], merge) -> list[list[float]]:
     return out
 
 
+TOP = 0.04  # the fraction of the mean's values split into the tail bins
+
+
 def _quantile_parts(values: torch.Tensor, bins: int, tail_bins: int) -> list[torch.Tensor]:
     """Indices of ``values`` in quantile bins: ``bins`` of equal count below the top 4 %, which is
     split into ``tail_bins`` halving ones (2 %, 1 %, 0.5 %, ..., the last takes the rest): the
@@ -72,8 +75,8 @@ def _quantile_parts(values: torch.Tensor, bins: int, tail_bins: int) -> list[tor
     order, n = torch.argsort(values), values.numel()
     if tail_bins < 1:
         return list(torch.tensor_split(order, bins))
-    levels = [0.96 * k / bins for k in range(bins + 1)]
-    levels += [1 - 0.04 / 2 ** k for k in range(1, tail_bins)] + [1.0]
+    levels = [(1 - TOP) * k / bins for k in range(bins + 1)]
+    levels += [1 - TOP / 2 ** k for k in range(1, tail_bins)] + [1.0]
     cuts = sorted({min(n, round(q * n)) for q in levels})
     return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
@@ -158,7 +161,7 @@ class CascadeFlow(FlowMatching):
         parts = _quantile_parts(mv, self.scale_bins, self.tail_bins)
         first_rank = torch.tensor([0] + [len(p) for p in parts]).cumsum(0)[:-1]
         qt = self.clip_quantile if self.tail_clip_quantile is None else self.tail_clip_quantile
-        qs = [qt if self.tail_bins >= 1 and int(r) >= round(0.96 * mv.numel()) else self.clip_quantile for r in first_rank]
+        qs = [qt if self.tail_bins >= 1 and int(r) >= round((1 - TOP) * mv.numel()) else self.clip_quantile for r in first_rank]
         self.clip_knots = _pool([(float(mv[p].mean()), float(u[p].quantile(1 - q)), float(u[p].quantile(q)))
                                  for p, q in zip(parts, qs)], lambda a, b: (min(a[0], b[0]), max(a[1], b[1])))
 

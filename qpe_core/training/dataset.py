@@ -131,13 +131,10 @@ class PatchSampler:
 
     def encode(self, bt: np.ndarray, rain: np.ndarray | None):
         """(lag, channel, y, x) K and (y, x) mm/h -> model tensors."""
-        cond = self.normalizer.condition(torch.from_numpy(np.ascontiguousarray(bt))[None])[0]
+        bt = torch.from_numpy(np.ascontiguousarray(bt))[None]
         if rain is None:
-            return cond, None, None
-        r = torch.from_numpy(np.ascontiguousarray(rain))[None]
-        mask = torch.isfinite(r).float()
-        target = self.transform.forward(torch.nan_to_num(r, nan=0.0))
-        return cond, target, mask
+            return self.normalizer.condition(bt)[0], None, None
+        return tuple(x[0] for x in self.encode_batch(bt, torch.from_numpy(np.ascontiguousarray(rain))[None]))
 
     def random(self, t: pd.Timestamp, rng: np.random.Generator):
         ny, nx = self.archive.group["rain"].shape[-2:]
