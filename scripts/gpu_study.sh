@@ -6,6 +6,8 @@
 # (fetched beforehand by scripts/gpu_wheels.sh) and are installed into /tmp/site first.
 # Results under $1, at most 8 files (the device tool's limit): study.tgz (report/, study.json, each
 # model's card.json and train_log.jsonl), study.log, bench_gpu.json, run.log.
+# Env: PROFILE (gpu), WORK (/tmp/gs), ARCHIVE (reuse an archive, e.g. a gpu study's for PROFILE=gpu-lags),
+# MODELS, DEVICE, BUDGET_S (570), BENCH_S (45), SKIP_BENCH (local dry runs).
 set -u
 OUTDIR=${1:?output folder}; W=${WORK:-/tmp/gs}; mkdir -p "$W" "$OUTDIR"
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -18,7 +20,7 @@ export PYTHONPATH=$PWD:/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1 OMP_NUM_THRE
 nvidia-smi -L 2>/dev/null; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
 el study
 timeout $(( $(left) - ${BENCH_S:-45} )) python3 -m qpe_core.cli study --profile ${PROFILE:-gpu} --out "$W/study" ${DEVICE:+--device $DEVICE} \
-  ${MODELS:+--models $MODELS} > "$W/study.log" 2>&1
+  ${MODELS:+--models $MODELS} ${ARCHIVE:+--archive $ARCHIVE} > "$W/study.log" 2>&1
 rc=$?; tail -n 40 "$W/study.log"; el "study rc=$rc"
 (cd "$W/study" && tar czf "$OUTDIR/study.tgz" $(ls -d report study.json ck/*/card.json ck/*/train_log.jsonl 2>/dev/null))
 cp "$W/study.log" "$OUTDIR/"

@@ -220,3 +220,25 @@ def test_every_profile_holds_out_a_later_period_with_unseen_seeds(name):
     assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), "segments overlap in one archive"
     assert max(span(s)[1] for s in prof.train_segments) < min(span(s)[0] for s in prof.eval_segments)
     assert not {s.seed for s in prof.train_segments} & {s.seed for s in prof.eval_segments}
+
+
+def test_parallel_training_waits_for_the_frozen_unet_and_matches_sequential(tiny_study, tmp_path):
+    """Trainings in separate processes: the cascade starts only once its U-Net is done, so its weights
+    equal those of the sequential study (a cascade started on a half-trained U-Net would differ)."""
+    from safetensors.numpy import load_file
+
+    from qpe_core.study import train_stage
+
+    out, _ = tiny_study
+    prof = PROFILES["tiny"].model_copy(update={"parallel": 3, "models": [
+        ModelSpec(name="cascade-flow", kind="cascade-flow"), ModelSpec(name="unet", kind="unet"),
+        ModelSpec(name="flow", kind="flow")]})
+    seconds = train_stage(prof, str(out / "archive.zarr"), tmp_path)
+    assert set(seconds) == {"unet", "cascade-flow", "flow"}
+    assert seconds["cascade-flow"] > seconds["unet"]
+    for name in ("unet", "cascade-flow"):
+        ref = load_file(out / "ck" / name / "weights.safetensors")
+        got = load_file(tmp_path / "ck" / name / "weights.safetensors")
+        assert ref.keys() == got.keys()
+        for k in ref:
+            np.testing.assert_array_equal(ref[k], got[k], err_msg=f"{name}: {k}")
