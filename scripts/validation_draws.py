@@ -10,6 +10,9 @@ study's own scoring (wet fraction, q99, spectrum, FSS, spread/skill, CRPS, per-c
 
 * ``cascade-flow``: the residual is drawn once and composed with every clip quantile (each with the
   calibration refitted after its clip, as training does);
+* ``cascade-flow --rhos 1,2,3``: the midpoint time grid (``CascadeFlow.time_rho``): for each rho the
+  calibration is refitted with that grid (as training does) and the 4-step draw is scored beside the
+  64-step draw composed with the same knots (the study's cost check, on validation cases);
 * ``ddpm``: each sampler setting is a separate draw.
 
 Prints one line per variant and writes ``STUDY/validation/MODEL.json``. Rain in mm/h.
@@ -81,7 +84,7 @@ def score(truth, forecasts, times, prof):
         ms = member_scores(truth, forecasts[name], max(1, round(24.0 / pk)))
         ratios = np.array(ms["max_ratio"])
         out[name] = {k: s.get(k) for k in ("FSS_1_24km", "wet_fraction_ratio", "q99_ratio", "q99.9_ratio",
-                                            "spectrum_ratio_10_50km", "spread_skill", "CRPS", "rank_RI")}
+                                            "spectrum_ratio_10_50km", "spread_skill", "CRPS", "CRPS_fair", "rank_RI")}
         out[name].update(fss_member0=ms["fss_member0"], worst_max=float(np.nanmax(ratios)),
                          cases_over_2=int((ratios > 2).sum()), largest=float(np.nanmax(ms["case_max"])))
     return out
@@ -96,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="", help="comma-separated DDPM variants to draw (default: all)")
     ap.add_argument("--clips", default="", help="cascade clip variants as Q or Q/TAIL, comma-separated "
                     "(default: all of CLIPS), e.g. 0.98/0.9,0.99/0.9")
+    ap.add_argument("--rhos", default="", help="cascade midpoint time grids to compare with 64 steps, e.g. 1,2,3")
+    ap.add_argument("--ref-steps", type=int, default=64)
     args = ap.parse_args(argv)
     only = {v for v in args.variants.split(",") if v}
     from qpe_core.study import PROFILES
@@ -106,7 +111,10 @@ def main(argv=None) -> int:
     arc, ys, xs, truth = _inputs(args.study, prof, times)
     torch.set_grad_enabled(False)
     model = load_checkpoint(args.study / "ck" / args.model, "cpu")
-    if model.card["kind"] == "cascade-flow":
+    if model.card["kind"] == "cascade-flow" and args.rhos:
+        variants = rho_variants(model, arc, times, ys, xs, prof.members,
+                                [float(r) for r in args.rhos.split(",")], args.ref_steps)
+    elif model.card["kind"] == "cascade-flow":
         clips = tuple((float(c.split("/")[0]), float(c.split("/")[1]) if "/" in c else None)
                       for c in args.clips.split(",") if c) or CLIPS
         variants = cascade_variants(model, arc, times, ys, xs, prof.members, clips)
@@ -123,7 +131,8 @@ def main(argv=None) -> int:
                       f"mean there {MEANS[i][j[1:]]:.1f}, truth there {truth[i][j[1:]]:.1f}, "
                       f"mean max {np.nanmax(MEANS[i]):.1f}")
     (args.study / "validation").mkdir(exist_ok=True)
-    name = "-".join([args.model, *sorted(only), *([args.clips.replace("/", "t")] if args.clips else [])])  # a subset: own file
+    name = "-".join([args.model, *sorted(only), *([args.clips.replace("/", "t")] if args.clips else []),
+                     *([f"rho{args.rhos}"] if args.rhos else [])])  # a subset: own file
     (args.study / "validation" / f"{name}.json").write_text(json.dumps(
         {"times": [str(t) for t in times], "variants": res}, indent=1))
     return 0
@@ -193,6 +202,37 @@ def cascade_variants(model, arc, times, ys, xs, members, clips=CLIPS):
             variants.setdefault(name, []).append(_to_mm(model, y, valid))
         print(f"case {k} {t}", flush=True, file=sys.stderr)
     obj.clip_knots, obj.spread_knots = trained
+    return {n: np.stack(v) for n, v in variants.items()}
+
+
+def rho_variants(model, arc, times, ys, xs, members, rhos, ref_steps=64):
+    """``rho{r}`` (4 midpoint steps on that grid, calibration refitted with it) and ``rho{r}@{ref}``
+    (``ref_steps`` uniform steps, same noise, same knots): the cost check for each grid."""
+    from qpe_core.training.train import _calibrate
+
+    obj, nets = model.objective, model.nets
+    saved = (obj.time_rho, obj.spread_knots)
+    val = fit_patches(model, 256)
+    knots = {}
+    for r in rhos:
+        obj.time_rho = r
+        _calibrate(obj, nets, val, "cpu", model.card["config"]["seed"])
+        knots[r] = obj.spread_knots
+        print("rho", r, [round(k[2], 2) for k in obj.spread_knots[-6:]], flush=True, file=sys.stderr)
+    variants = {}
+    for k, t in enumerate(times):
+        bt, valid = _stack(model, arc, t, ys, xs)
+        cond = model.normalizer.condition(torch.from_numpy(bt)[None])
+        obj.time_rho = 1.0
+        u_ref, mean = obj._sample_u(nets, cond, members, ref_steps, None, torch.Generator().manual_seed(k), None)
+        for r in rhos:
+            obj.time_rho, obj.spread_knots = r, knots[r]
+            u, _ = obj._sample_u(nets, cond, members, None, None, torch.Generator().manual_seed(k), None)
+            for name, uu in ((f"rho{r:g}", u), (f"rho{r:g}@{ref_steps}", u_ref)):
+                y = _compose(obj, uu, mean).reshape(members, *u.shape[-2:])
+                variants.setdefault(name, []).append(_to_mm(model, y, valid))
+        print(f"case {k} {t}", flush=True, file=sys.stderr)
+    obj.time_rho, obj.spread_knots = saved
     return {n: np.stack(v) for n, v in variants.items()}
 
 

@@ -39,6 +39,14 @@ def test_midpoint_is_second_order():
     # dx/dt = x: exact e; midpoint error shrinks ~4x per halving of h
     errs = [abs(midpoint(lambda x, t: x, torch.ones(1), 0.0, 1.0, n).item() - np.e) for n in (4, 8)]
     assert 3.5 < errs[0] / errs[1] < 4.5
+    # a graded grid (rho 2) is still second order and lands on t1; time-dependent field dx/dt = t x: exact e^0.5
+    errs = [abs(midpoint(lambda x, t: t * x, torch.ones(1), 0.0, 1.0, n, rho=2.0).item() - np.exp(0.5)) for n in (8, 16)]
+    assert 3.0 < errs[0] / errs[1] < 5.0
+    seen = []
+    midpoint(lambda x, t: seen.append(t) or x, torch.ones(1), 0.0, 1.0, 4, rho=2.0)
+    assert seen[::2] == pytest.approx([0.0, 0.4375, 0.75, 0.9375])  # 1 - (1 - i/4)^2: steps shorten toward data
+    with pytest.raises(ValueError, match="time_rho"):
+        CascadeFlow(time_rho=0.5)
 
 
 def test_fit_residual_std_and_frozen_mean_gets_no_gradient():

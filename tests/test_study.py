@@ -112,7 +112,8 @@ def _summary(**kw):
     base = {"FSS_1_24km": 0.80, "MAE": 0.50, "wet_fraction": 0.20, "wet_fraction_truth": 0.20,
             "wet_fraction_ratio": 1.0, "q99": 10.0, "q99_truth": 10.0, "q99_ratio": 1.0,
             "spectrum_ratio_10_50km": 1.0, "spectrum_ratio_10_50km_min": 0.9, "spectrum_ratio_10_50km_max": 1.1,
-            "spread_skill": 1.0, "rank_chi2_dof": 1.0, "rank_RI": 0.05, "CRPS": 0.40, "evals_per_member": 7}
+            "spread_skill": 1.0, "rank_chi2_dof": 1.0, "rank_RI": 0.05, "CRPS": 0.44, "CRPS_fair": 0.40,
+            "evals_per_member": 7}
     return {**base, **kw}
 
 
@@ -122,7 +123,7 @@ def test_mission_checks_hold_and_fail_on_their_targets():
     cost = {"evals_per_member": 7, "crps": 0.40, "crps_ref": 0.395, "ref_steps": 64, "cases": 4}
     good = mission_checks(_summary(FSS_1_24km=0.79), unet, extra, cost)
     assert all(c["held"] for c in good), [c["text"] for c in good]
-    bad = mission_checks(_summary(FSS_1_24km=0.77, q99_ratio=0.8, spread_skill=0.7, CRPS=0.43,
+    bad = mission_checks(_summary(FSS_1_24km=0.77, q99_ratio=0.8, spread_skill=0.7, CRPS_fair=0.43,
                                   spectrum_ratio_10_50km=1.25),
                          unet, {**extra, "fss_member_mean": 0.74, "max_ratio": [2.5, 1.0]},
                          {**cost, "evals_per_member": 9})

@@ -215,6 +215,22 @@ def test_crps_hand_cases_and_pysteps():
     assert np.allclose(crps_pixels(np.repeat(o[None], 5, 0), o), 0.0)
 
 
+def test_fair_crps_is_unbiased_for_the_ensemble_size():
+    """Members (0, 1), truth 0: fair CRPS 0.5 - 1/2 = 0 (one pair); and for members drawn from the
+    truth's own distribution the fair CRPS of 4 members matches that of 400 while the m^2 form is higher."""
+    assert crps_pixels(np.array([[0.0], [1.0]]), np.array([0.0]), fair=True)[0] == pytest.approx(0.0)
+    assert np.allclose(crps_pixels(np.array([[2.0]]), np.array([0.5]), fair=True), 1.5)  # one member: abs error
+    rng = np.random.default_rng(11)
+    o = rng.gamma(0.6, 2.0, 40000)
+    small, large = rng.gamma(0.6, 2.0, (4, 40000)), rng.gamma(0.6, 2.0, (400, 40000))
+    ref = crps_pixels(large, o, fair=True).mean()
+    assert crps_pixels(small, o, fair=True).mean() == pytest.approx(ref, rel=0.02)
+    assert crps_pixels(small, o).mean() > 1.1 * ref  # the m^2 estimator penalises 4 members
+    acc = CRPSAccumulator((1, 2))
+    acc.update(small[:, :10000].reshape(4, 100, 100), o[:10000].reshape(100, 100))
+    assert acc.compute()["fair_1x1"] == pytest.approx(crps_pixels(small[:, :10000], o[:10000], fair=True).mean())
+
+
 def test_crps_pooled_streaming():
     rng = np.random.default_rng(7)
     acc = CRPSAccumulator((1, 2, 4))

@@ -103,7 +103,7 @@ class CascadeFlow(FlowMatching):
                  guidance: float = 1.0, scale_knots: list | None = None, scale_floor: float = 0.25,
                  scale_bins: int = 24, tail_bins: int = 5, clip_knots: list | None = None, clip: bool = True,
                  clip_quantile: float = 0.98, tail_clip_quantile: float | None = None,
-                 spread_knots: list | None = None, calibrate_members: int = 4):
+                 spread_knots: list | None = None, calibrate_members: int = 4, time_rho: float = 1.0):
         super().__init__(sigma0, sigma_data=1.0)
         if not residual_std > 0:
             raise ValueError(f"residual_std must be > 0, got {residual_std}")
@@ -121,6 +121,9 @@ class CascadeFlow(FlowMatching):
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.residual_std, self.cond_dropout, self.guidance = float(residual_std), float(cond_dropout), float(guidance)
+        if not time_rho >= 1.0:
+            raise ValueError(f"time_rho must be >= 1, got {time_rho}")
+        self.time_rho = float(time_rho)  # midpoint time grid (samplers.midpoint's rho; 1 = uniform)
 
     def network_specs(self, in_channels):
         return {"mean": (in_channels, 1), "flow": (in_channels + 2, 1)}
@@ -271,8 +274,9 @@ class CascadeFlow(FlowMatching):
                 v0 = _call(nets["flow"], torch.cat([torch.zeros_like(inputs), x], 1), t, chunk)
                 return v0 + w * (v - v0)
 
-            integrate = {"euler": S.euler, "heun": S.heun, "midpoint": S.midpoint}[sampler]
-            return integrate(velocity, x, 0.0, 1.0, steps), mean
+            if sampler == "midpoint":
+                return S.midpoint(velocity, x, 0.0, 1.0, steps, rho=self.time_rho), mean
+            return {"euler": S.euler, "heun": S.heun}[sampler](velocity, x, 0.0, 1.0, steps), mean
 
     def evals_per_member(self, steps=None, sampler=None):
         steps, sampler = self._check(steps, sampler)
@@ -288,4 +292,4 @@ class CascadeFlow(FlowMatching):
                 "scale_floor": self.scale_floor, "scale_bins": self.scale_bins, "tail_bins": self.tail_bins, "clip_knots": self.clip_knots,
                 "clip": self.clip, "clip_quantile": self.clip_quantile, "tail_clip_quantile": self.tail_clip_quantile,
                 "spread_knots": self.spread_knots,
-                "calibrate_members": self.calibrate_members}
+                "calibrate_members": self.calibrate_members, "time_rho": self.time_rho}

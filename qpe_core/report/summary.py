@@ -95,13 +95,14 @@ def summarize(entry: dict) -> dict:
     ens = entry.get("ensemble")
     if ens:
         out["CRPS"] = _num(ens["crps"].get("1x1"))
+        out["CRPS_fair"] = _num(ens["crps"].get("fair_1x1"))
         out["spread_skill"] = _num(ens["spread_skill"].get("ratio"))
         rank = ens["rank_histogram"]
         out["rank_chi2_dof"] = _num(rank.get("chi2")) / rank["dof"] if rank.get("dof") else nan
         freq = np.array([_num(v) for v in rank.get("frequencies", [])])
         out["rank_RI"] = float(np.abs(freq - 1.0 / len(freq)).sum()) if len(freq) else nan
     else:
-        out["CRPS"] = _num(entry.get("continuous", {}).get("member0", {}).get("all", {}).get("MAE"))
+        out["CRPS"] = out["CRPS_fair"] = _num(entry.get("continuous", {}).get("member0", {}).get("all", {}).get("MAE"))
         out["spread_skill"] = out["rank_chi2_dof"] = out["rank_RI"] = nan
     spec = spectrum_ratio(entry.get("realism", {}).get("spectrum"))
     out["spectrum_ratio_10_50km"] = spec["ratio"]

@@ -35,16 +35,20 @@ WET_MM_H = 0.1
 POOL_SIZES: tuple[int, ...] = (1, 2, 4)
 
 
-def crps_pixels(members: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def crps_pixels(members: np.ndarray, truth: np.ndarray, fair: bool = False) -> np.ndarray:
     """CRPS (mm/h) of each pixel: ``members`` (m, n), ``truth`` (n,) -> (n,).
 
     Empirical-CDF CRPS ``E|X - y| - E|X - X'| / 2`` with the m^2 normalisation (the same score as
-    pysteps' ``CRPS``, not the "fair" m(m-1) version); a single member gives the absolute error.
+    pysteps' ``CRPS``); a single member gives the absolute error. ``fair``: the spread term over the
+    m(m-1) distinct pairs instead (Ferro 2014, Zamo & Naveau 2018 "eFAIR", WeatherBench 2's CRPS), an
+    unbiased estimate of the CRPS of the distribution the members are drawn from: the m^2 form adds
+    ``E|X - X'| / (2m)``, which favours larger ensembles (about 10 % of the score with 8 members).
     """
     m = members.shape[0]
     ordered = np.sort(members, axis=0)
     weights = (2.0 * np.arange(m) - m + 1.0)[:, None]
-    return np.abs(members - truth).mean(axis=0) - (weights * ordered).sum(axis=0) / m**2
+    pairs = m * (m - 1) if fair and m > 1 else m**2
+    return np.abs(members - truth).mean(axis=0) - (weights * ordered).sum(axis=0) / pairs
 
 
 def block_mean(field: np.ndarray, block: int) -> np.ndarray:
@@ -58,12 +62,14 @@ def block_mean(field: np.ndarray, block: int) -> np.ndarray:
 
 
 class CRPSAccumulator:
-    """Mean CRPS (mm/h) per pixel and on block-averaged (pooled) fields, e.g. 2 x 2 and 4 x 4 pixels."""
+    """Mean CRPS (mm/h) per pixel and on block-averaged (pooled) fields, e.g. 2 x 2 and 4 x 4 pixels;
+    also the fair CRPS per pixel (:func:`crps_pixels`)."""
 
     def __init__(self, pool_sizes: Sequence[int] = POOL_SIZES):
         self.pool_sizes = [int(b) for b in pool_sizes]
         self.sums = {b: 0.0 for b in self.pool_sizes}
         self.counts = {b: 0 for b in self.pool_sizes}
+        self.fair_sum = 0.0
 
     def update(self, members: np.ndarray, truth: np.ndarray) -> None:
         """Add one slot: ``members`` (m, y, x) and ``truth`` (y, x) in mm/h, NaN where invalid.
@@ -76,13 +82,17 @@ class CRPSAccumulator:
             if ok.any():
                 self.sums[b] += float(crps_pixels(f[:, ok], o[ok]).sum())
                 self.counts[b] += int(ok.sum())
+                if b == 1:
+                    self.fair_sum += float(crps_pixels(f[:, ok], o[ok], fair=True).sum())
 
     def compute(self) -> dict:
-        """``{"1x1": crps, "2x2": ..., "n_1x1": pixels, ...}`` in mm/h."""
+        """``{"1x1": crps, "2x2": ..., "n_1x1": pixels, ..., "fair_1x1": fair crps}`` in mm/h."""
         out: dict = {}
         for b in self.pool_sizes:
             out[f"{b}x{b}"] = self.sums[b] / self.counts[b] if self.counts[b] else float("nan")
             out[f"n_{b}x{b}"] = self.counts[b]
+        if 1 in self.counts:
+            out["fair_1x1"] = self.fair_sum / self.counts[1] if self.counts[1] else float("nan")
         return out
 
 
