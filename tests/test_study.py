@@ -105,6 +105,7 @@ def test_member_scores_perfect_and_shifted_members():
     s = member_scores(truth, np.nan_to_num(worse), 8)
     assert s["fss_member0"] == pytest.approx(1.0) and s["fss_members"][1] < 0.9 and s["fss_member_mean"] < 1.0
     assert s["max_ratio"][1] == pytest.approx(3.0)
+    assert s["median_max_ratio"][1] == pytest.approx(1.0)  # one member too strong, not the ensemble
     assert crps_of(truth[1:], perfect[1:]) == pytest.approx(0.0, abs=1e-12)
 
 
@@ -128,6 +129,8 @@ def test_mission_checks_hold_and_fail_on_their_targets():
                          unet, {**extra, "fss_member_mean": 0.74, "max_ratio": [2.5, 1.0]},
                          {**cost, "evals_per_member": 9})
     assert [c["held"] for c in bad] == [False] * 8
+    assert "above 2 (median member there: 1.70)" in mission_checks(
+        _summary(), unet, {**extra, "max_ratio": [2.5, 1.0], "median_max_ratio": [1.7, 0.6]}, cost)[3]["text"]
     assert TARGETS["crps_vs_mae"] * 0.5 < 0.43  # the CRPS line failed on its target, not by accident
     assert mission_checks(_summary(), None, extra, None)[0]["held"] is None  # no U-Net: not checkable
 

@@ -39,12 +39,15 @@ def member_scores(truth: np.ndarray, members: np.ndarray, scale_px: int, thresho
 
     ``truth (n, y, x)`` and ``members (n, m, y, x)`` in mm/h (NaN = no radar / no estimate).
     Returns ``{"fss_members" [m], "fss_member0", "fss_member_mean", "case_max" [n], "truth_max" [n],
-    "max_ratio" [n]}``; the maxima are over pixels where the truth is valid.
+    "max_ratio" [n], "median_max_ratio" [n]}``; the maxima are over pixels where the truth is valid;
+    ``median_max_ratio`` is the median over members of each member's maximum, over the truth's: near
+    the largest member's ratio when the whole ensemble is too strong on that case, far below it when
+    one member is an outlier.
     """
     n, m = members.shape[:2]
     names = [f"m{k}" for k in range(m)]
     acc = FSSAccumulator(names, ["thr"], [int(scale_px)])
-    case_max, truth_max = [], []
+    case_max, truth_max, median_max = [], [], []
     for i in range(n):
         o = truth[i].astype("float64")
         acc.update({names[k]: members[i, k].astype("float64") for k in range(m)}, o, {"thr": threshold})
@@ -52,10 +55,13 @@ def member_scores(truth: np.ndarray, members: np.ndarray, scale_px: int, thresho
         truth_max.append(float(np.nanmax(o[ok])) if ok.any() else float("nan"))
         f = members[i][:, ok]
         case_max.append(float(np.nanmax(f)) if np.isfinite(f).any() else float("nan"))
+        per_member = [float(np.nanmax(x)) for x in f if np.isfinite(x).any()]
+        median_max.append(float(np.median(per_member)) if per_member else float("nan"))
     fss = [float(acc.fss(k)[0, 0]) for k in names]
     ratio = [c / t if t > 0 else float("inf") for c, t in zip(case_max, truth_max)]
+    median = [c / t if t > 0 else float("inf") for c, t in zip(median_max, truth_max)]
     return {"fss_members": fss, "fss_member0": fss[0], "fss_member_mean": float(np.nanmean(fss)),
-            "case_max": case_max, "truth_max": truth_max, "max_ratio": ratio}
+            "case_max": case_max, "truth_max": truth_max, "max_ratio": ratio, "median_max_ratio": median}
 
 
 def crps_of(truth: np.ndarray, members: np.ndarray) -> float:
@@ -98,9 +104,11 @@ def mission_checks(model: dict, unet: dict | None, extra: dict, cost: dict | Non
     ratios = [r for r in extra["max_ratio"] if r is not None and not math.isnan(r)]
     worst = max(ratios) if ratios else float("nan")
     bad = sum(r > T["max_ratio"] for r in ratios)
+    med = [m for r, m in zip(extra["max_ratio"], extra.get("median_max_ratio") or []) if r > T["max_ratio"]]
+    why = f" (median member there: {', '.join(f'{m:.2f}' for m in med)})" if med else ""
     out.append(_line("maximum", (bad == 0) if ratios else None,
                      f"largest member value / truth maximum per case: worst {worst:.2f}, {bad} of {len(ratios)} "
-                     f"cases above {T['max_ratio']:g}; largest value {max(extra['case_max']):.1f} mm/h"))
+                     f"cases above {T['max_ratio']:g}{why}; largest value {max(extra['case_max']):.1f} mm/h"))
     s = model["spectrum_ratio_10_50km"]
     lo, hi = T["spectrum"]
     out.append(_line("spectrum", lo <= s <= hi if _ok(s) else None, f"spectrum member 0 / truth at 10-50 km {s:.2f} "
