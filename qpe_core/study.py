@@ -220,8 +220,7 @@ def simulate_stage(profile: StudyProfile, url: str, progress: Progress | None = 
     first = min(pd.Timestamp(s.start) for s in segs)
     arc = Archive.open(url, "a") if (Path(url) / "zarr.json").exists() else \
         Archive.create(url, profile.area, list(Settings().channels), origin=first)
-    done = set(arc.times("bt")) & set(arc.times("rain"))
-    todo = [seg for seg in segs if not all(t in done for t in slot_range(seg.start, seg.periods, arc.slot_minutes))]
+    todo = missing_segments(profile, arc)
     out = {seg.start: "complete" for seg in segs if seg not in todo}
     if todo:
         last = max(slot_range(seg.start, seg.periods, arc.slot_minutes)[-1] for seg in todo)
@@ -232,8 +231,10 @@ def simulate_stage(profile: StudyProfile, url: str, progress: Progress | None = 
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
-            for seg, res in zip(todo, pool.map(_simulate_one, [url] * len(todo), todo)):
+            for i, (seg, res) in enumerate(zip(todo, pool.map(_simulate_one, [url] * len(todo), todo))):
                 out[seg.start] = res
+                if progress:
+                    progress("simulate", i + 1, len(todo), seg.start)
     else:
         for i, seg in enumerate(todo):
             if progress:
@@ -242,6 +243,15 @@ def simulate_stage(profile: StudyProfile, url: str, progress: Progress | None = 
     if progress:
         progress("simulate", len(todo), len(todo), "")
     return out
+
+
+def missing_segments(profile: StudyProfile, arc) -> list[Segment]:
+    """The profile's segments whose slots are not all in the archive ``arc`` (BT and rain)."""
+    from qpe_core.timeutil import slot_range
+
+    done = set(arc.times("bt")) & set(arc.times("rain"))
+    return [seg for seg in [*profile.train_segments, *profile.eval_segments]
+            if not all(t in done for t in slot_range(seg.start, seg.periods, arc.slot_minutes))]
 
 
 def _simulate_one(url: str, seg: Segment) -> dict:
@@ -495,6 +505,14 @@ def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None
     t0 = time.perf_counter()
     if archive is None:
         log["simulated"] = simulate_stage(profile, url, progress)
+    else:  # another study's archive: it must hold this profile's data, not merely overlap it
+        from qpe_core.archive import Archive
+
+        gaps = missing_segments(profile, Archive.open(url))
+        if gaps:
+            raise QpeError(f"archive {url} lacks profile {profile.name}'s segment(s) "
+                           f"{', '.join(f'{g.start} ({g.periods} slots, seed {g.seed})' for g in gaps)}; "
+                           f"run without --archive to simulate them, or pass the archive of a study of the same data")
     log["seconds"]["simulate"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     log["train_seconds"] = train_stage(profile, url, out, progress)

@@ -90,6 +90,18 @@ def test_study_cli_refuses_unknown_profile_and_model(tmp_path):
         run_study(bad, tmp_path)
 
 
+def test_another_studys_archive_must_hold_the_profiles_segments(tiny_study, tmp_path):
+    """--archive of a study of other data is refused, naming the missing segment (it would otherwise
+    train on whatever slots happen to overlap)."""
+    from qpe_core.study import Segment
+
+    out, _ = tiny_study
+    other = PROFILES["tiny"].model_copy(update={"eval_segments": [Segment(start="2024-06-02T00:00Z", periods=12, seed=9)]})
+    with pytest.raises(QpeError, match=r"lacks profile tiny's segment\(s\) 2024-06-02T00:00Z \(12 slots, seed 9\)"):
+        run_study(other, tmp_path, archive=str(out / "archive.zarr"))
+    assert not (tmp_path / "ck").exists()  # refused before any training
+
+
 def test_member_scores_perfect_and_shifted_members():
     rng = np.random.default_rng(0)
     truth = np.zeros((3, 48, 48))
