@@ -14,9 +14,11 @@ Stages, each resumable (a re-run skips what is complete and resumes a half-train
    (:mod:`qpe_core.report.mission`) and write ``OUT/report`` (``metrics.json``, ``report.md``,
    figures) and ``OUT/study.json`` (profile, wall time per stage).
 
-Profiles: ``cpu`` (2 cores, at most 75 minutes), ``cpu-season`` (the same budget on 12 training
-segments over June 1-25, held out June 26-27), ``gpu`` (one H100/H200, at most 10 minutes with the
-archive simulated in the same call) and ``tiny`` (the tests). Rain in mm/h, times UTC.
+Profiles: ``cpu`` (2 cores, at most 75 minutes: 8 training segments over June 1-23, held out June
+26-27), ``cpu-early`` (its earlier design: June 1-8, held out June 10-11; ``cpu-lags`` and
+``cpu-ablation`` use its data), ``cpu-season`` (the cpu budget on 12 training segments over June
+1-25), ``gpu`` (one H100/H200, at most 10 minutes with the archive simulated in the same call),
+``gpu-lags`` (the temporal claim at the gpu budget) and ``tiny`` (the tests). Rain in mm/h, times UTC.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ PROFILES: dict[str, StudyProfile] = {
     "cpu-early": StudyProfile(name="cpu-early", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
                               eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91)),
     # the cpu profile's budget with the gpu profile's data: 12 training segments over June 1-25 (the
-    # simulator's convection grows with the season, so the cpu profile's June 10-11 held-out period is
+    # simulator's convection grows with the season, so cpu-early's June 10-11 held-out period is
     # wetter than all of its June 1-8 training data), held out June 26-27 with the cpu profile's seed
     "cpu-season": StudyProfile(name="cpu-season", train_segments=_segments("2024-06-01T00:00Z", 12, 2, 11),
                                eval_segments=_segments("2024-06-26T00:00Z", 1, 2, 91)),
@@ -149,7 +151,7 @@ PROFILES: dict[str, StudyProfile] = {
                              default="cascade-flow-4slot-s0", cost_cases=2),
     # what the default was chosen against (README "What was tried"): one global residual scale, the
     # per-mean scale with a 0.05 floor, no residual clip, the 99.9 % clip (the previous default's quantile;
-    # it was fitted on 32 patches); the DDPM before EDM (v-prediction, min-SNR-5); same data, U-Net, budget as cpu
+    # it was fitted on 32 patches); the DDPM before EDM (v-prediction, min-SNR-5); same data, U-Net, budget as cpu-early
     "cpu-ablation": StudyProfile(name="cpu-ablation", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
                                  eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91), models=[
                                      ModelSpec(name="unet", kind="unet"),
