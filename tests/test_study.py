@@ -240,7 +240,8 @@ def test_every_profile_holds_out_a_later_period_with_unseen_seeds(name):
 
 def test_parallel_training_waits_for_the_frozen_unet_and_matches_sequential(tiny_study, tmp_path):
     """Trainings in separate processes: the cascade starts only once its U-Net is done, so its weights
-    equal those of the sequential study (a cascade started on a half-trained U-Net would differ)."""
+    equal those of the sequential study to rounding (a cascade started on a half-trained U-Net would
+    differ by far more), and on CPU each process gets its share of the cores."""
     from safetensors.numpy import load_file
 
     from qpe_core.study import train_stage
@@ -257,4 +258,5 @@ def test_parallel_training_waits_for_the_frozen_unet_and_matches_sequential(tiny
         got = load_file(tmp_path / "ck" / name / "weights.safetensors")
         assert ref.keys() == got.keys()
         for k in ref:
-            np.testing.assert_array_equal(ref[k], got[k], err_msg=f"{name}: {k}")
+            # one CPU thread per process here (two in the sequential study): sums in another order
+            np.testing.assert_allclose(ref[k], got[k], rtol=1e-3, atol=1e-5, err_msg=f"{name}: {k}")
