@@ -25,11 +25,11 @@ def test_card_markdown_of_the_shipped_checkpoint():
     assert rows["input channels"] == "32 = 4 lags × (7 channels + 1 mask)"
     assert rows["lags (min)"] == "0, -15, -30, -45" and "IR_108" in rows["channels"]
     assert rows["grid"].startswith("france-3km, 15-minute slots")
-    assert rows["training period"] == "2024-06-01T00:45Z .. 2024-06-07T22:45Z (644 training slots)"
-    assert rows["steps"].startswith("3000 × 8 patches")
-    assert rows["validation loss (EMA)"] == "0.2288 at step 3000"  # the cosine-schedule cpu study
+    assert rows["training period"] == "2024-06-01T00:45Z .. 2024-06-23T22:45Z (1287 training slots)"
+    assert rows["steps"].startswith("6000 × 8 patches")
+    assert rows["validation loss (EMA)"] == "0.1461 at step 6000"  # the cpu study of 2026-12-04
     assert rows["code version"] == "qpe-seviri 0.1.0, card v1"
-    assert rows["frozen mean (U-Net)"].startswith("data/study/cpu-cosine/ck/unet, 3000 steps")
+    assert rows["frozen mean (U-Net)"].startswith("data/study/cpu/ck/unet, 6000 steps")
     assert md.startswith("### checkpoint cascade-flow\n\n| item | value |\n|---|---|\n")
 
 
