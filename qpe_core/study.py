@@ -129,7 +129,10 @@ PROFILES: dict[str, StudyProfile] = {
     # seeds 11-18; the simulator's convection grows with the season, so training only on early June
     # left a held-out period wetter than all of its training, see cpu-early), held out June 26-27
     "cpu": StudyProfile(name="cpu", train_segments=_segments("2024-06-01T00:00Z", 8, 2, 11, every=3),
-                        eval_segments=_segments("2024-06-26T00:00Z", 1, 2, 91), steps=6000, sim_workers=2),
+                        eval_segments=_segments("2024-06-26T00:00Z", 1, 2, 91), steps=6000, sim_workers=2,
+                        # the DDPM's noise inflation chosen on this profile's validation cases (README
+                        # "The DDPM's noise inflation"); sampling only, its training is the same
+                        models=[*KINDS[:3], ModelSpec(name="ddpm", kind="ddpm", objective={"s_noise": 1.25})]),
     # the cpu profile until 2026-12-04 (the README's earlier tables, cpu-lags and cpu-ablation use its
     # archive): June 1-8 for training (4 segments, seeds 11-14), June 10-11 held out
     "cpu-early": StudyProfile(name="cpu-early", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),

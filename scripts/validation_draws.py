@@ -266,7 +266,10 @@ DDPM_VARIANTS = {"heun-18": (18, "heun", 0.0, 1.0), "stochastic-18-churn40": (18
                  "stochastic-18-churn40-snoise1.02": (18, "stochastic", 40.0, 1.02),
                  "stochastic-18-churn40-snoise1.05": (18, "stochastic", 40.0, 1.05),
                  "stochastic-18-churn40-snoise1.08": (18, "stochastic", 40.0, 1.08),
-                 "stochastic-18-churn40-snoise1.12": (18, "stochastic", 40.0, 1.12)}
+                 "stochastic-18-churn40-snoise1.12": (18, "stochastic", 40.0, 1.12),
+                 "stochastic-18-churn40-snoise1.18": (18, "stochastic", 40.0, 1.18),
+                 "stochastic-18-churn40-snoise1.25": (18, "stochastic", 40.0, 1.25),
+                 "stochastic-18-churn80-snoise1.12": (18, "stochastic", 80.0, 1.12)}
 
 
 if __name__ == "__main__":
