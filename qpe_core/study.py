@@ -9,7 +9,8 @@ Stages, each resumable (a re-run skips what is complete and resumes a half-train
    patch, learning rate, EMA and seed (``cascade-flow`` freezes the study's own ``unet`` as its mean
    and spends the same steps on its flow network);
 3. **draw** each model's ensemble on the held-out cases into ``OUT/ensembles/NAME.npz`` (case ``k`` uses
-   seed ``k``; the default model also at ``cost_steps`` for the cost check);
+   seed ``k``; the default model also at ``cost_steps`` on ``cost_cases`` of them, each with its own
+   case's seed, so that the cost check compares the same initial noise integrated in two ways);
 4. **score** them together (:func:`qpe_core.evaluation.score_ensembles`), add the mission checks
    (:mod:`qpe_core.report.mission`) and write ``OUT/report`` (``metrics.json``, ``report.md``,
    figures) and ``OUT/study.json`` (profile, wall time per stage).
@@ -379,9 +380,10 @@ def _window(profile: StudyProfile):
     return central_window(profile.area, profile.window) if profile.window else None
 
 
-def draw_ensembles(ckpt: Path, archive: str, times, members: int, window, device: str, steps: int | None = None
-                   ) -> tuple[np.ndarray, float]:
-    """Ensembles ``(case, member, y, x)`` mm/h of one checkpoint on ``times`` (case k: seed k); seconds/case."""
+def draw_ensembles(ckpt: Path, archive: str, times, members: int, window, device: str, steps: int | None = None,
+                   seeds=None) -> tuple[np.ndarray, float]:
+    """Ensembles ``(case, member, y, x)`` mm/h of one checkpoint on ``times`` (case k: seed ``seeds[k]``,
+    default k); seconds/case."""
     from qpe_core.archive import Archive
     from qpe_core.evaluation import case_ensemble, case_stack, window_slices
     from qpe_core.grids import get_spec
@@ -392,9 +394,10 @@ def draw_ensembles(ckpt: Path, archive: str, times, members: int, window, device
     ys, xs = window_slices(window, (spec.height, spec.width))
     n = 1 if model.card["kind"] == "unet" else members
     fields, t0 = [], time.perf_counter()
-    for k, t in enumerate(times):
+    seeds = range(len(times)) if seeds is None else seeds
+    for t, seed in zip(times, seeds, strict=True):
         bt, valid = case_stack(arc, t, model.card["lags"], model.card["channels"], ys, xs)
-        fields.append(case_ensemble(model, bt, valid, n, steps, seed=k, device=device, tile=None))
+        fields.append(case_ensemble(model, bt, valid, n, steps, seed=int(seed), device=device, tile=None))
     return np.stack(fields), (time.perf_counter() - t0) / max(len(times), 1)
 
 
@@ -430,20 +433,27 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
         arc, spec = Archive.open(archive), get_spec(profile.area)
         ys, xs = window_slices(window, (spec.height, spec.width))
         _save_npz(ens / "truth.npz", times=stamp, truth=np.stack([arc.read_truth(t)[ys, xs] for t in times]))
-    jobs = [(s.name, None, times) for s in profile.models]
-    jobs += [(profile.default, profile.cost_steps, times[np.linspace(0, len(times) - 1, min(profile.cost_cases,
-                                                                                         len(times))).astype(int)])]
-    for i, (name, steps, tt) in enumerate(jobs):
-        path = ens / (f"{name}.npz" if steps is None else f"{name}@{steps}.npz")
+    every = np.arange(len(times))
+    jobs = [(s.name, None, every) for s in profile.models]
+    # the cost check's reference: the default at cost_steps on a subset of the cases, each with the
+    # seed (initial noise) of the default's own draw of that case, so that the two differ by the
+    # steps alone (unpaired, 8 members x 6 cases, the sampling noise was as large as the check's 3 %)
+    jobs += [(profile.default, profile.cost_steps, np.linspace(0, len(times) - 1,
+                                                               min(profile.cost_cases, len(times))).astype(int))]
+    for i, (name, steps, idx) in enumerate(jobs):
+        path, tt = ens / (f"{name}.npz" if steps is None else f"{name}@{steps}.npz"), times[idx]
         card = _card_digest(out / "ck" / name)
         if path.is_file():
-            with np.load(path) as z:  # drawn from this very checkpoint on these very cases
-                if list(z["times"]) == [iso(t) for t in tt] and "card" in z.files and str(z["card"]) == card:
+            with np.load(path) as z:  # drawn from this very checkpoint on these very cases and seeds
+                seeds = z["seeds"] if "seeds" in z.files else np.arange(len(z["times"]))  # older files: 0..n-1
+                if list(z["times"]) == [iso(t) for t in tt] and "card" in z.files and str(z["card"]) == card \
+                        and list(seeds) == list(idx):
                     continue
         if progress:
             progress("draw", i, len(jobs), path.stem)
-        rain, sec = draw_ensembles(out / "ck" / name, archive, tt, profile.members, window, profile.device, steps)
-        _save_npz(path, times=np.array([iso(t) for t in tt]), rain=rain, seconds_per_case=sec, card=np.array(card))
+        rain, sec = draw_ensembles(out / "ck" / name, archive, tt, profile.members, window, profile.device, steps, idx)
+        _save_npz(path, times=np.array([iso(t) for t in tt]), rain=rain, seconds_per_case=sec, card=np.array(card),
+                  seeds=idx)
     if progress:
         progress("draw", len(jobs), len(jobs), "")
 

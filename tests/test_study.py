@@ -260,3 +260,26 @@ def test_parallel_training_waits_for_the_frozen_unet_and_matches_sequential(tiny
         for k in ref:
             # one CPU thread per process here (two in the sequential study): sums in another order
             np.testing.assert_allclose(ref[k], got[k], rtol=1e-3, atol=1e-5, err_msg=f"{name}: {k}")
+
+
+def test_cost_reference_reuses_each_cases_seed(tiny_study, tmp_path):
+    """The cost check's reference draw gives each case the seed of the default's own draw of it, so
+    with the default's own step count it is the same ensemble: the check measures steps, not noise."""
+    import shutil
+
+    from qpe_core.models import objective_from_config
+    from qpe_core.study import draw_stage
+
+    out, _ = tiny_study
+    card = json.loads((out / "ck" / "cascade-flow" / "card.json").read_text())
+    steps = objective_from_config(card["objective"]).default_steps
+    prof = PROFILES["tiny"].model_copy(update={"cost_steps": steps, "cost_cases": 2, "cases": 4,
+                                               "models": [m for m in PROFILES["tiny"].models if m.name == "cascade-flow"]})
+    shutil.copytree(out / "ck" / "cascade-flow", tmp_path / "ck" / "cascade-flow")
+    draw_stage(prof, str(out / "archive.zarr"), tmp_path)
+    with np.load(tmp_path / "ensembles" / "cascade-flow.npz") as z, \
+            np.load(tmp_path / "ensembles" / f"cascade-flow@{steps}.npz") as r:
+        assert len(z["times"]) > 2 and list(r["seeds"]) == [0, len(z["times"]) - 1]
+        assert list(r["times"]) == [z["times"][0], z["times"][-1]]
+        np.testing.assert_array_equal(r["rain"], z["rain"][[0, -1]])
+        assert np.nanstd(r["rain"]) > 0
