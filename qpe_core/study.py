@@ -419,6 +419,11 @@ def _save_npz(path: Path, **arrays) -> None:
     tmp.replace(path)
 
 
+def cost_case_indices(profile: StudyProfile, n_cases: int) -> np.ndarray:
+    """Indices of the held-out cases the cost check draws again at ``cost_steps``: spread evenly."""
+    return np.linspace(0, n_cases - 1, min(profile.cost_cases, n_cases)).astype(int)
+
+
 def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progress | None = None) -> None:
     """Truth and every model's ensemble on the held-out cases (skips files already drawn)."""
     from qpe_core.archive import Archive
@@ -438,8 +443,7 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
     # the cost check's reference: the default at cost_steps on a subset of the cases, each with the
     # seed (initial noise) of the default's own draw of that case, so that the two differ by the
     # steps alone (unpaired, 8 members x 6 cases, the sampling noise was as large as the check's 3 %)
-    jobs += [(profile.default, profile.cost_steps, np.linspace(0, len(times) - 1,
-                                                               min(profile.cost_cases, len(times))).astype(int))]
+    jobs += [(profile.default, profile.cost_steps, cost_case_indices(profile, len(times)))]
     for i, (name, steps, idx) in enumerate(jobs):
         path, tt = ens / (f"{name}.npz" if steps is None else f"{name}@{steps}.npz"), times[idx]
         card = _card_digest(out / "ck" / name)

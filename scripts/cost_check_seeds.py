@@ -3,10 +3,9 @@ and at ``--ref-steps`` on the study's cost cases, drawn again with other seeds.
 
     python scripts/cost_check_seeds.py data/study/cpu --profile cpu --seeds 0,1,2
 
-Seed ``s`` draws cost case ``k`` with seed ``k + 1000 s`` at both step counts (``s = 0``: the seeds of
-the study's reference draw; its default-step ensemble was drawn over all cases, case index as seed,
-so it differs from this one by its seeds). Prints the
-fair CRPS (mm/h) of each draw and the 4-step / 64-step ratio per seed; writes
+Seed ``s`` draws the ``k``-th cost case with seed ``k + 1000 s`` at both step counts, so each pair is
+drawn from the same initial noise (the study itself gives each case the seed of its index among all
+held-out cases). Prints the fair CRPS (mm/h) of each draw and the ratio per seed; writes
 ``STUDY/validation/cost-seeds.json``. The cases are the study's held-out cost cases: this measures
 the check's noise, it chooses nothing.
 """
@@ -19,15 +18,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 def main(argv=None) -> int:
-    from qpe_core.archive import Archive
-    from qpe_core.evaluation import case_ensemble, case_stack, window_slices
-    from qpe_core.grids import get_spec
     from qpe_core.report.mission import crps_of
-    from qpe_core.study import PROFILES, _window, eval_cases
-    from qpe_core.training.checkpoint import load_checkpoint
+    from qpe_core.study import PROFILES, _window, cost_case_indices, draw_ensembles
 
     ap = argparse.ArgumentParser()
     ap.add_argument("study", type=Path)
@@ -37,20 +33,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     prof = PROFILES[args.profile]
     archive = json.loads((args.study / "study.json").read_text())["archive"]
-    times = eval_cases(prof, archive)
-    cost_t = times[np.linspace(0, len(times) - 1, min(prof.cost_cases, len(times))).astype(int)]
-    arc, model = Archive.open(archive), load_checkpoint(args.study / "ck" / prof.default, prof.device)
-    spec = get_spec(arc.area)
-    ys, xs = window_slices(_window(prof), (spec.height, spec.width))
-    truth = np.stack([arc.read_truth(t)[ys, xs] for t in cost_t])
-    stacks = [case_stack(arc, t, model.card["lags"], model.card["channels"], ys, xs) for t in cost_t]
+    with np.load(args.study / "ensembles" / "truth.npz") as z:  # the study's held-out cases, drawn stage
+        idx = cost_case_indices(prof, len(z["times"]))
+        cost_t, truth = pd.DatetimeIndex(z["times"][idx]), z["truth"][idx]
     ref = args.ref_steps or prof.cost_steps
     rows = []
     for s in (int(v) for v in args.seeds.split(",")):
         row = {"seed": s}
         for steps in (None, ref):
-            ens = np.stack([case_ensemble(model, bt, ok, prof.members, steps, seed=k + 1000 * s,
-                                          device=prof.device, tile=None) for k, (bt, ok) in enumerate(stacks)])
+            ens, _ = draw_ensembles(args.study / "ck" / prof.default, archive, cost_t, prof.members, _window(prof),
+                                    prof.device, steps, seeds=np.arange(len(cost_t)) + 1000 * s)
             row["default" if steps is None else f"steps_{ref}"] = crps_of(truth, ens)
         row["ratio"] = row["default"] / row[f"steps_{ref}"]
         rows.append(row)

@@ -18,15 +18,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 def main(argv=None) -> int:
-    from qpe_core.archive import Archive
-    from qpe_core.evaluation import case_ensemble, case_stack, window_slices
-    from qpe_core.grids import get_spec
     from qpe_core.report.mission import member_scores
-    from qpe_core.study import PROFILES, _window, eval_cases
-    from qpe_core.training.checkpoint import load_checkpoint
+    from qpe_core.study import PROFILES, _window, draw_ensembles
 
     ap = argparse.ArgumentParser()
     ap.add_argument("study", type=Path)
@@ -35,16 +32,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     prof = PROFILES[args.profile]
     archive = json.loads((args.study / "study.json").read_text())["archive"]
-    times = eval_cases(prof, archive)
-    arc, model = Archive.open(archive), load_checkpoint(args.study / "ck" / prof.default, prof.device)
-    spec = get_spec(arc.area)
-    ys, xs = window_slices(_window(prof), (spec.height, spec.width))
-    truth = np.stack([arc.read_truth(t)[ys, xs] for t in times])
-    stacks = [case_stack(arc, t, model.card["lags"], model.card["channels"], ys, xs) for t in times]
+    with np.load(args.study / "ensembles" / "truth.npz") as z:  # the study's held-out cases, draw stage
+        times, truth = pd.DatetimeIndex(z["times"]), z["truth"]
     rows = []
     for s in (int(v) for v in args.seeds.split(",")):
-        ens = np.stack([case_ensemble(model, bt, ok, prof.members, None, seed=k + 1000 * s, device=prof.device,
-                                      tile=None) for k, (bt, ok) in enumerate(stacks)])
+        ens, _ = draw_ensembles(args.study / "ck" / prof.default, archive, times, prof.members, _window(prof),
+                                prof.device, seeds=np.arange(len(times)) + 1000 * s)
         sc = member_scores(truth, ens, 8)
         over = [k for k, r in enumerate(sc["max_ratio"]) if r > 2]
         rows.append({"seed": s, "cases_over_2": over, "max_ratio": sc["max_ratio"],
