@@ -186,6 +186,13 @@ PROFILES: dict[str, StudyProfile] = {
                                      ("shared", {"slot_encoder": [4, 7, 8]}, "one shared slot encoder"))
                                  for kind in ("unet", "cascade-flow") for k in (0, 1)],
                              default="cascade-flow-4slot-s0", cost_cases=2, lr_schedule="constant"),
+    # issue 11's temporal claim at the cpu profile's data and budget (6,000 steps, cosine): 1, 2 and 4
+    # slots for the U-Net and for the default, three seeds; the 4-slot seed-0 pair has the cpu study's
+    # exact configuration (its checkpoints can be copied in: README "Several slots against one")
+    "cpu-temporal": StudyProfile(name="cpu-temporal", train_segments=_segments("2024-06-01T00:00Z", 8, 2, 11, every=3),
+                                 eval_segments=_segments("2024-06-26T00:00Z", 1, 2, 91), steps=6000,
+                                 models=_lag_models([[0], [0, -15], [0, -15, -30, -45]], (0, 1, 2)),
+                                 default="cascade-flow-4slot-s0", cost_cases=2),
     "tiny": StudyProfile(name="tiny", train_segments=[Segment(start="2024-06-01T00:00Z", periods=24, seed=1)],
                          eval_segments=[Segment(start="2024-06-01T07:00Z", periods=12, seed=2)], steps=4,
                          patch=32, backbone={"base_channels": 8, "channel_mults": (1, 2)}, members=3, cases=2,

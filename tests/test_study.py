@@ -283,3 +283,18 @@ def test_cost_reference_reuses_each_cases_seed(tiny_study, tmp_path):
         assert list(r["times"]) == [z["times"][0], z["times"][-1]]
         np.testing.assert_array_equal(r["rain"], z["rain"][[0, -1]])
         assert np.nanstd(r["rain"]) > 0
+
+
+def test_cpu_temporal_4slot_seed0_pair_trains_exactly_as_the_cpu_studys(tmp_path):
+    """The README copies the cpu study's U-Net and cascade into the cpu-temporal study as its 4-slot
+    seed-0 pair: valid only while every training setting but the output paths is the same."""
+    from qpe_core.study import _train_config
+
+    cpu, temporal = PROFILES["cpu"], PROFILES["cpu-temporal"]
+    spec = {m.name: m for m in [*cpu.models, *temporal.models]}
+    for a, b in (("unet", "unet-4slot-s0"), ("cascade-flow", "cascade-flow-4slot-s0")):
+        ca = _train_config(cpu, spec[a], "a.zarr", tmp_path / "cpu").model_dump(exclude={"out", "mean_checkpoint"})
+        cb = _train_config(temporal, spec[b], "a.zarr", tmp_path / "t").model_dump(exclude={"out", "mean_checkpoint"})
+        assert ca == cb, b
+    assert (temporal.patch, temporal.members, temporal.cases, temporal.window) == (cpu.patch, cpu.members,
+                                                                                   cpu.cases, cpu.window)
