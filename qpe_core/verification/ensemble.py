@@ -44,11 +44,17 @@ def crps_pixels(members: np.ndarray, truth: np.ndarray, fair: bool = False) -> n
     unbiased estimate of the CRPS of the distribution the members are drawn from: the m^2 form adds
     ``E|X - X'| / (2m)``, which favours larger ensembles (about 10 % of the score with 8 members).
     """
+    error, spread = _crps_terms(members, truth)
+    m = members.shape[0]
+    return error - spread / (m * (m - 1) if fair and m > 1 else m**2)
+
+
+def _crps_terms(members: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``mean_i |X_i - y|`` and ``sum_ij |X_i - X_j| / 2`` per pixel (sorted members: one sort)."""
     m = members.shape[0]
     ordered = np.sort(members, axis=0)
     weights = (2.0 * np.arange(m) - m + 1.0)[:, None]
-    pairs = m * (m - 1) if fair and m > 1 else m**2
-    return np.abs(members - truth).mean(axis=0) - (weights * ordered).sum(axis=0) / pairs
+    return np.abs(members - truth).mean(axis=0), (weights * ordered).sum(axis=0)
 
 
 def block_mean(field: np.ndarray, block: int) -> np.ndarray:
@@ -80,10 +86,12 @@ class CRPSAccumulator:
             f, o = block_mean(members, b), block_mean(truth, b)
             ok = np.isfinite(o) & np.isfinite(f).all(axis=0)
             if ok.any():
-                self.sums[b] += float(crps_pixels(f[:, ok], o[ok]).sum())
+                error, spread = _crps_terms(f[:, ok], o[ok])  # the m^2 and the fair form share one sort
+                m = f.shape[0]
+                self.sums[b] += float((error - spread / m**2).sum())
                 self.counts[b] += int(ok.sum())
                 if b == 1:
-                    self.fair_sum += float(crps_pixels(f[:, ok], o[ok], fair=True).sum())
+                    self.fair_sum += float((error - spread / (m * (m - 1) if m > 1 else 1)).sum())
 
     def compute(self) -> dict:
         """``{"1x1": crps, "2x2": ..., "n_1x1": pixels, ..., "fair_1x1": fair crps}`` in mm/h."""
