@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qpe_core.errors import QpeError
 from qpe_core.simulator import Simulator
 from qpe_core.simulator.fields import Dynamics
 from qpe_core.simulator.oracle import efficiency_draw, oracle_ensembles, record_rain_inputs, rain_with
@@ -74,6 +75,6 @@ def test_oracle_ensembles_keep_the_truth_and_redraw_only_convective_rain():
         assert same[:, :, ~convective].all()  # stratiform and dry pixels keep their rain in every member
         assert not same[:, :, convective].all(axis=(0, 1)).any()  # every convective pixel changes somewhere
     assert not np.array_equal(ens[0, 0, 0], ens[0, 0, 1])
-    with pytest.raises(RuntimeError, match="not among the simulated slots"):
+    with pytest.raises(QpeError, match="not among the simulated slots"):
         oracle_ensembles(Simulator(SHAPE, KM, SEED), SLOTS[:2], pd.DatetimeIndex([SLOTS[3]]), 1, 1, ys, xs,
                          np.random.default_rng(0))

@@ -54,6 +54,26 @@ def test_tiny_study_writes_report_with_every_model_and_the_mission_checks(tiny_s
     assert all(t >= seg.start[:16] for t in metrics["times"])
 
 
+def test_the_maximum_check_prints_an_oracle_ensembles_and_a_foreign_truth_has_none(tiny_study, tmp_path):
+    """The default's maximum line carries the oracle ensemble's figures (2 draws, 2 cases, from the
+    simulator of the held-out segment); a truth that is not that simulator's rain gets no oracle and
+    says why."""
+    from qpe_core.study import oracle_stage
+
+    out, metrics = tiny_study
+    line = next(c["text"] for c in metrics["mission"]["cascade-flow"]["checks"] if c["check"] == "maximum")
+    kept = json.loads((out / "ensembles" / "oracle.json").read_text())
+    ratios = np.array(kept["oracle"]["max_ratio"])
+    assert ratios.shape == (2, 2) and np.isfinite(ratios).all() and (ratios > 0).all()
+    over = (ratios > 2).sum(axis=1)
+    assert f"every case held in {(over == 0).sum()} of 2 draws" in line and "oracle ensemble" in line
+    with np.load(out / "ensembles" / "truth.npz") as z:
+        times, truth = list(z["times"]), z["truth"]
+    (tmp_path / "ensembles").mkdir()
+    assert oracle_stage(PROFILES["tiny"], tmp_path, times, truth + 0.5) is None
+    assert "is not the simulator's rain" in json.loads((tmp_path / "ensembles" / "oracle.json").read_text())["reason"]
+
+
 def test_rerun_resumes_without_retraining_and_gives_the_same_scores(tiny_study):
     out, metrics = tiny_study
     weights = {p: p.stat().st_mtime_ns for p in (out / "ck").glob("*/weights.safetensors")}

@@ -72,6 +72,17 @@ def crps_of(truth: np.ndarray, members: np.ndarray) -> float:
     return float(acc.compute()["fair_1x1"])
 
 
+def _oracle_text(oracle: dict | None, limit: float) -> str:
+    """The maximum check of the oracle ensemble (the simulator's rain, only its IR-invisible
+    efficiency redrawn), as a clause of the model's line."""
+    if not oracle or not oracle.get("max_ratio"):
+        return ""
+    over = [sum(r > limit for r in draw) for draw in oracle["max_ratio"]]
+    return (f" [an oracle ensemble, the simulator's own rain with only its IR-invisible efficiency redrawn: "
+            f"every case held in {sum(n == 0 for n in over)} of {len(over)} draws, cases above {limit:g} per draw "
+            f"mean {sum(over) / len(over):.2f}, range {min(over)}-{max(over)}]")
+
+
 def _line(check: str, held: bool | None, text: str) -> dict:
     verdict = "not checked" if held is None else ("held" if held else "not held")
     return {"check": check, "held": held, "text": f"{text}: {verdict}"}
@@ -81,12 +92,15 @@ def _ok(*values) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
-def mission_checks(model: dict, unet: dict | None, extra: dict, cost: dict | None) -> list[dict]:
+def mission_checks(model: dict, unet: dict | None, extra: dict, cost: dict | None,
+                   oracle: dict | None = None) -> list[dict]:
     """The checks of the module docstring for one model.
 
     ``model`` / ``unet``: summaries (:func:`qpe_core.report.summarize`); ``extra``: :func:`member_scores`
     of the model; ``cost``: ``{"evals_per_member", "crps", "crps_ref", "ref_steps", "cases"}`` (CRPS at
-    the default steps and at ``ref_steps`` on the same cases) or None.
+    the default steps and at ``ref_steps`` on the same cases) or None; ``oracle``:
+    :func:`qpe_core.simulator.oracle.oracle_maxima` on the same cases (a reference printed beside the
+    maximum check; the verdict stays the target's) or None.
     """
     T, out = TARGETS, []
     u24 = unet["FSS_1_24km"] if unet else float("nan")
@@ -108,7 +122,8 @@ def mission_checks(model: dict, unet: dict | None, extra: dict, cost: dict | Non
     why = f" (median member there: {', '.join(f'{m:.2f}' for m in med)})" if med else ""
     out.append(_line("maximum", (bad == 0) if ratios else None,
                      f"largest member value / truth maximum per case: worst {worst:.2f}, {bad} of {len(ratios)} "
-                     f"cases above {T['max_ratio']:g}{why}; largest value {max(extra['case_max']):.1f} mm/h"))
+                     f"cases above {T['max_ratio']:g}{why}; largest value {max(extra['case_max']):.1f} mm/h"
+                     + _oracle_text(oracle, T["max_ratio"])))
     s = model["spectrum_ratio_10_50km"]
     lo, hi = T["spectrum"]
     out.append(_line("spectrum", lo <= s <= hi if _ok(s) else None, f"spectrum member 0 / truth at 10-50 km {s:.2f} "

@@ -16,6 +16,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from qpe_core.errors import QpeError
+from qpe_core.timeutil import slot_range
+from qpe_core.verification.ensemble import CRPSAccumulator
+
 from qpe_core.simulator.fields import (EFFICIENCY, LATENTS, fast_normal, lognormal_excess, lognormal_ranked,
                                        power_law_amplitude, wavenumbers)
 
@@ -58,20 +62,17 @@ def record_rain_inputs(dyn) -> dict:
     return seen
 
 
-def oracle_ensembles(sim, slots, times, members: int, draws: int, ys: slice, xs: slice,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def oracle_draws(sim, slots, times, members: int, draws: int, ys: slice, xs: slice, rng: np.random.Generator):
     """Step the fresh simulator ``sim`` through ``slots`` (naive UTC, up to the last of ``times``);
-    returns ``(draws, case, member, y, x)`` oracle rain and ``(case, y, x)`` the simulator's own rain
-    (mm/h, rows ``ys``, columns ``xs``) at ``times``. Raises if a case is not among the slots, or if
-    the simulator's own efficiency does not give its own rain back."""
+    yield, for each case of ``times`` in order of the slots, ``(case index, the simulator's own rain
+    (y, x), oracle rain (draws, member, y, x))`` in mm/h on rows ``ys`` and columns ``xs``. Raises
+    :class:`QpeError` if a case is not among the slots, or if the simulator's own efficiency does not
+    give its own rain back."""
     dyn = sim.dynamics
     seen = record_rain_inputs(dyn)
     naive = pd.DatetimeIndex(times)
     naive = naive.tz_convert(None) if naive.tz is not None else naive
     wanted = {t: i for i, t in enumerate(naive)}
-    shape = (ys.stop - ys.start, xs.stop - xs.start)
-    out = np.zeros((draws, len(times), members, *shape), np.float32)
-    own = np.zeros((len(times), *shape), np.float32)
     done = set()
     for t in slots:
         if t > naive.max():
@@ -79,14 +80,63 @@ def oracle_ensembles(sim, slots, times, members: int, draws: int, ys: slice, xs:
         _, rain, _ = sim.step(t)
         if t not in wanted:
             continue
-        i = wanted[t]
-        own[i] = rain[ys, xs]
         if not np.array_equal(rain_with(dyn, seen["strat"], seen["latent"], dyn.efficiency), rain):
-            raise RuntimeError(f"{t}: the simulator's rain is not reproduced from its own efficiency")
-        for d in range(draws):
-            for m in range(members):
-                out[d, i, m] = rain_with(dyn, seen["strat"], seen["latent"], efficiency_draw(dyn, rng))[ys, xs]
+            raise QpeError(f"{t}: the simulator's rain is not reproduced from its own efficiency")
+        ens = np.stack([np.stack([rain_with(dyn, seen["strat"], seen["latent"], efficiency_draw(dyn, rng))[ys, xs]
+                                  for _ in range(members)]) for _ in range(draws)])
         done.add(t)
+        yield wanted[t], rain[ys, xs], ens
     if done != set(naive):
-        raise RuntimeError(f"cases {sorted(set(naive) - done)} are not among the simulated slots")
+        raise QpeError(f"cases {sorted(set(naive) - done)} are not among the simulated slots")
+
+
+def oracle_ensembles(sim, slots, times, members: int, draws: int, ys: slice, xs: slice,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`oracle_draws` stacked: ``(draws, case, member, y, x)`` oracle rain and ``(case, y, x)``
+    the simulator's own rain (mm/h)."""
+    shape = (ys.stop - ys.start, xs.stop - xs.start)
+    out = np.zeros((draws, len(times), members, *shape), np.float32)
+    own = np.zeros((len(times), *shape), np.float32)
+    for i, rain, ens in oracle_draws(sim, slots, times, members, draws, ys, xs, rng):
+        own[i], out[:, i] = rain, ens
     return out, own
+
+
+def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, draws: int, window,
+                  seed: int = 0) -> dict:
+    """The maximum check of a perfect ensemble on a study's held-out cases: for each evaluation
+    segment (``.start``, ``.periods``, ``.seed``) the simulator run as :func:`qpe_core.simulator.simulate`
+    runs it for the archive, ``draws`` oracle ensembles of ``members``. ``truth (case, y, x)`` mm/h
+    (NaN = no radar) must be that simulator's rain, else :class:`QpeError`. Returns per draw and case
+    the largest member value over the truth's valid pixels (``case_max``, mm/h), the truth's maximum
+    and each case's ratio (``max_ratio``, draw-major lists), and each draw's fair CRPS (mm/h)."""
+    from qpe_core.evaluation import window_slices
+    from qpe_core.grids import get_spec, lonlats
+    from qpe_core.simulator import Simulator
+
+    spec, (lon, lat) = get_spec(area), lonlats(area)
+    ys, xs = window_slices(window, (spec.height, spec.width))
+    times = pd.DatetimeIndex(times)
+    case_max = np.full((draws, len(times)), np.nan)
+    crps = [CRPSAccumulator([1]) for _ in range(draws)]
+    for seg in segments:
+        t0 = pd.Timestamp(seg.start)
+        k = np.flatnonzero((times >= t0) & (times < t0 + pd.Timedelta(minutes=15 * seg.periods)))
+        if not len(k):
+            continue
+        sim = Simulator((spec.height, spec.width), 0.5 * sum(spec.resolution_m) / 1000.0, seg.seed,
+                        lon=lon, lat=lat, workers=1)
+        rng = np.random.default_rng([seed, seg.seed])
+        for i, rain, ens in oracle_draws(sim, slot_range(seg.start, seg.periods, 15), times[k], members, draws,
+                                         ys, xs, rng):
+            valid = np.isfinite(truth[k[i]])
+            if not np.array_equal(rain[valid], truth[k[i]][valid]):
+                raise QpeError(f"case {times[k[i]]}: the archive's truth is not the simulator's rain of segment "
+                               f"{seg.start} (seed {seg.seed})")
+            case_max[:, k[i]] = ens[:, :, valid].max(axis=(1, 2))
+            o = np.where(valid, truth[k[i]], np.nan).astype("float64")
+            for d in range(draws):
+                crps[d].update(ens[d].astype("float64"), o)
+    truth_max = np.array([np.nanmax(t) if np.isfinite(t).any() else np.nan for t in truth])
+    return {"draws": draws, "members": members, "case_max": case_max.tolist(), "truth_max": truth_max.tolist(),
+            "max_ratio": (case_max / truth_max).tolist(), "crps_fair": [c.compute()["fair_1x1"] for c in crps]}
