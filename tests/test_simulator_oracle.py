@@ -11,7 +11,8 @@ import pytest
 from qpe_core.errors import QpeError
 from qpe_core.simulator import Simulator
 from qpe_core.simulator.fields import Dynamics
-from qpe_core.simulator.oracle import efficiency_draw, oracle_ensembles, record_rain_inputs, rain_with
+from qpe_core.simulator.oracle import (efficiency_amplitude, efficiency_draw, oracle_ensembles, rain_with,
+                                       record_rain_inputs)
 
 SHAPE, KM, SEED = (96, 96), 3.0, 5
 SLOTS = pd.date_range("2024-06-20T12:00", periods=4, freq="15min")  # naive UTC, as slot_range gives
@@ -21,10 +22,10 @@ def test_efficiency_is_invisible_to_the_ir_and_changes_the_rain():
     """The same seed with the efficiency field replaced before every slot's rain: identical BT in
     every channel, different rain."""
     a, b = Simulator(SHAPE, KM, SEED), Simulator(SHAPE, KM, SEED)
-    rng, own = np.random.default_rng(0), b.dynamics._rain
+    rng, own, amp = np.random.default_rng(0), b.dynamics._rain, efficiency_amplitude(b.dynamics)
 
     def other_efficiency(strat, latent):
-        b.dynamics.efficiency = efficiency_draw(b.dynamics, rng)
+        b.dynamics.efficiency = efficiency_draw(amp, SHAPE, rng)
         return own(strat, latent)
 
     b.dynamics._rain = other_efficiency
@@ -55,7 +56,8 @@ def test_efficiency_draws_have_the_simulators_stationary_variance():
     mean field variance within sampling noise (a wrong amplitude is off by a large factor)."""
     dyns = [Dynamics((128, 128), KM, np.random.default_rng(s)) for s in range(16)]
     rng = np.random.default_rng(1)
-    ours = np.mean([efficiency_draw(dyns[0], rng).var() for _ in range(16)])
+    amp = efficiency_amplitude(dyns[0])
+    ours = np.mean([efficiency_draw(amp, (128, 128), rng).var() for _ in range(16)])
     theirs = np.mean([d.efficiency.var() for d in dyns])
     assert 0.7 < ours / theirs < 1.4
 

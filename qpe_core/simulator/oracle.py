@@ -17,23 +17,27 @@ import numpy as np
 import pandas as pd
 
 from qpe_core.errors import QpeError
+from qpe_core.simulator.fields import (EFFICIENCY, LATENTS, fast_normal, lognormal_excess, lognormal_ranked,
+                                       power_law_amplitude, wavenumbers)
 from qpe_core.timeutil import slot_range
 from qpe_core.verification.ensemble import CRPSAccumulator
 
-from qpe_core.simulator.fields import (EFFICIENCY, LATENTS, fast_normal, lognormal_excess, lognormal_ranked,
-                                       power_law_amplitude, wavenumbers)
 
-
-def efficiency_draw(dyn, rng: np.random.Generator) -> np.ndarray:
-    """One efficiency field (std units) from its stationary distribution: the latent's spectrum
-    times fresh complex noise, as ``Dynamics.__init__`` starts it."""
+def efficiency_amplitude(dyn) -> np.ndarray:
+    """The efficiency latent's spectral amplitude on ``dyn``'s grid (the same for every draw)."""
     h, w = dyn.shape
     spec = LATENTS[EFFICIENCY]
     _, _, k, weight = wavenumbers(dyn.shape, dyn.pixel_km)
     amp = power_law_amplitude(k, weight, dyn.shape, spec.beta, spec.outer_km, spec.smooth_km)
-    colfix = np.where(weight == 1.0, math.sqrt(2.0), 1.0) * math.sqrt(h * w / 2.0)
+    return amp * np.where(weight == 1.0, math.sqrt(2.0), 1.0) * math.sqrt(h * w / 2.0)
+
+
+def efficiency_draw(amplitude: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """One efficiency field (std units) from its stationary distribution: the latent's spectrum
+    (:func:`efficiency_amplitude`) times fresh complex noise, as ``Dynamics.__init__`` starts it."""
+    h, w = shape
     noise = fast_normal(rng, (1, h, w // 2 + 1, 2)).view(np.complex64)[0, ..., 0]
-    return np.fft.irfft2(amp * colfix * noise, s=dyn.shape).astype(np.float32)
+    return np.fft.irfft2(amplitude * noise, s=shape).astype(np.float32)
 
 
 def rain_with(dyn, strat: np.ndarray, rain_latent: np.ndarray, efficiency: np.ndarray) -> np.ndarray:
@@ -69,7 +73,7 @@ def oracle_draws(sim, slots, times, members: int, draws: int, ys: slice, xs: sli
     :class:`QpeError` if a case is not among the slots, or if the simulator's own efficiency does not
     give its own rain back."""
     dyn = sim.dynamics
-    seen = record_rain_inputs(dyn)
+    seen, amplitude = record_rain_inputs(dyn), efficiency_amplitude(dyn)
     naive = pd.DatetimeIndex(times)
     naive = naive.tz_convert(None) if naive.tz is not None else naive
     wanted = {t: i for i, t in enumerate(naive)}
@@ -82,8 +86,10 @@ def oracle_draws(sim, slots, times, members: int, draws: int, ys: slice, xs: sli
             continue
         if not np.array_equal(rain_with(dyn, seen["strat"], seen["latent"], dyn.efficiency), rain):
             raise QpeError(f"{t}: the simulator's rain is not reproduced from its own efficiency")
-        ens = np.stack([np.stack([rain_with(dyn, seen["strat"], seen["latent"], efficiency_draw(dyn, rng))[ys, xs]
-                                  for _ in range(members)]) for _ in range(draws)])
+        def member():
+            return rain_with(dyn, seen["strat"], seen["latent"], efficiency_draw(amplitude, dyn.shape, rng))[ys, xs]
+
+        ens = np.stack([np.stack([member() for _ in range(members)]) for _ in range(draws)])
         done.add(t)
         yield wanted[t], rain[ys, xs], ens
     if done != set(naive):
