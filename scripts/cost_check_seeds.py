@@ -13,17 +13,17 @@ the check's noise, it chooses nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
 def main(argv=None) -> int:
     from qpe_core.report.mission import crps_of
     from qpe_core.study import PROFILES, _window, cost_case_indices, draw_ensembles
+
+    from _study_files import held_out, save_validation
 
     ap = argparse.ArgumentParser()
     ap.add_argument("study", type=Path)
@@ -32,10 +32,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-steps", type=int, default=None)
     args = ap.parse_args(argv)
     prof = PROFILES[args.profile]
-    archive = json.loads((args.study / "study.json").read_text())["archive"]
-    with np.load(args.study / "ensembles" / "truth.npz") as z:  # the study's held-out cases, drawn stage
-        idx = cost_case_indices(prof, len(z["times"]))
-        cost_t, truth = pd.DatetimeIndex(z["times"][idx]), z["truth"][idx]
+    archive, times, truth = held_out(args.study)  # the study's held-out cases, draw stage
+    idx = cost_case_indices(prof, len(times))
+    cost_t, truth = times[idx], truth[idx]
     ref = args.ref_steps or prof.cost_steps
     rows = []
     for s in (int(v) for v in args.seeds.split(",")):
@@ -48,9 +47,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"seed {s}: CRPS fair {row['default']:.5f} (default) vs {row[f'steps_{ref}']:.5f} ({ref} steps): "
               f"{100 * (row['ratio'] - 1):+.1f} %", flush=True)
-    (args.study / "validation").mkdir(exist_ok=True)
-    (args.study / "validation" / "cost-seeds.json").write_text(json.dumps(
-        {"cases": [str(t) for t in cost_t], "rows": rows}, indent=1))
+    save_validation(args.study, "cost-seeds", {"cases": [str(t) for t in cost_t], "rows": rows})
     return 0
 
 

@@ -21,18 +21,18 @@ It chooses nothing: it measures what the check asks.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
 def main(argv=None) -> int:
     from qpe_core.report.mission import crps_of, member_scores
     from qpe_core.simulator.oracle import oracle_maxima
     from qpe_core.study import PROFILES, _window
+
+    from _study_files import held_out, save_validation
 
     ap = argparse.ArgumentParser()
     ap.add_argument("study", type=Path)
@@ -41,8 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=16)
     args = ap.parse_args(argv)
     prof = PROFILES[args.profile]
-    with np.load(args.study / "ensembles" / "truth.npz") as z:
-        times, truth = pd.DatetimeIndex(z["times"]), z["truth"]
+    _, times, truth = held_out(args.study)
     with np.load(args.study / "ensembles" / f"{prof.default}.npz") as z:
         model = z["rain"]
     sc = member_scores(truth, model, 8)
@@ -57,11 +56,9 @@ def main(argv=None) -> int:
     n_over = [sum(r > 2 for r in ratios) for _, ratios, _ in rows[1:]]
     print(f"oracle: {sum(n == 0 for n in n_over)} of {len(n_over)} draws hold the check on every case; "
           f"cases above 2 per draw: mean {np.mean(n_over):.2f}, range {min(n_over)}-{max(n_over)}")
-    out = args.study / "validation"
-    out.mkdir(exist_ok=True)
-    (out / "maxima-oracle.json").write_text(json.dumps(
-        {"cases": [str(t) for t in times], "model": {"name": prof.default, "max_ratio": sc["max_ratio"]},
-         "oracle": oracle}, indent=1))
+    save_validation(args.study, "maxima-oracle", {"cases": [str(t) for t in times],
+                                                  "model": {"name": prof.default, "max_ratio": sc["max_ratio"]},
+                                                  "oracle": oracle})
     return 0
 
 

@@ -13,17 +13,17 @@ noise, it chooses nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
 def main(argv=None) -> int:
     from qpe_core.report.mission import member_scores
     from qpe_core.study import PROFILES, _window, draw_ensembles
+
+    from _study_files import held_out, save_validation
 
     ap = argparse.ArgumentParser()
     ap.add_argument("study", type=Path)
@@ -31,9 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2,3")
     args = ap.parse_args(argv)
     prof = PROFILES[args.profile]
-    archive = json.loads((args.study / "study.json").read_text())["archive"]
-    with np.load(args.study / "ensembles" / "truth.npz") as z:  # the study's held-out cases, draw stage
-        times, truth = pd.DatetimeIndex(z["times"]), z["truth"]
+    archive, times, truth = held_out(args.study)  # the study's held-out cases, draw stage
     rows = []
     for s in (int(v) for v in args.seeds.split(",")):
         ens, _ = draw_ensembles(args.study / "ck" / prof.default, archive, times, prof.members, _window(prof),
@@ -46,9 +44,7 @@ def main(argv=None) -> int:
                            f"{sc['max_ratio'][k]:.2f} / median member {sc['median_max_ratio'][k]:.2f}" for k in over)
         print(f"seed {s}: {len(over)} of {len(times)} cases above 2, worst {max(sc['max_ratio']):.2f}"
               + (f"; {detail}" if detail else ""), flush=True)
-    (args.study / "validation").mkdir(exist_ok=True)
-    (args.study / "validation" / "maxima-seeds.json").write_text(json.dumps(
-        {"cases": [str(t) for t in times], "rows": rows}, indent=1))
+    save_validation(args.study, "maxima-seeds", {"cases": [str(t) for t in times], "rows": rows})
     return 0
 
 

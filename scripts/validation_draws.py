@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     from qpe_core.study import PROFILES
     from qpe_core.training.checkpoint import load_checkpoint
 
+    from _study_files import save_validation
+
     prof = PROFILES[args.profile]
     times = validation_cases(args.study, args.model, args.cases)
     arc, ys, xs, truth = _inputs(args.study, prof, times)
@@ -130,11 +132,9 @@ def main(argv=None) -> int:
                 print(f"  case {i}: truth max {np.nanmax(truth[i]):.1f}, member max {f[i][j]:.1f}, "
                       f"mean there {MEANS[i][j[1:]]:.1f}, truth there {truth[i][j[1:]]:.1f}, "
                       f"mean max {np.nanmax(MEANS[i]):.1f}")
-    (args.study / "validation").mkdir(exist_ok=True)
     name = "-".join([args.model, *sorted(only), *([args.clips.replace("/", "t")] if args.clips else []),
                      *([f"rho{args.rhos}"] if args.rhos else [])])  # a subset: own file
-    (args.study / "validation" / f"{name}.json").write_text(json.dumps(
-        {"times": [str(t) for t in times], "variants": res}, indent=1))
+    save_validation(args.study, name, {"times": [str(t) for t in times], "variants": res})
     return 0
 
 
