@@ -35,11 +35,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from qpe_core.config import DEFAULT_LAGS
 from qpe_core.errors import QpeError
 from qpe_core.timeutil import iso
 
 Progress = Callable[[str, int, int, str], None]  # (stage, done, total, label)
 DEFAULT_KIND = "cascade-flow"
+# the product's lags until 2026-12-05: the profiles whose README tables were measured with them keep them
+LAGS_4 = [0, -15, -30, -45]
 
 
 class Segment(BaseModel):
@@ -92,6 +95,11 @@ def _lag_models(lag_sets: list[list[int]], seeds, cascade_lag_sets: list[list[in
 KINDS = [ModelSpec(name=k, kind=k) for k in ("unet", "cascade-flow", "flow", "ddpm")]
 
 
+def _cpu_models(s_noise: float) -> list[ModelSpec]:
+    """The four kinds, the DDPM sampled with the noise inflation ``s_noise`` chosen on validation."""
+    return [*KINDS[:3], ModelSpec(name="ddpm", kind="ddpm", objective={"s_noise": s_noise})]
+
+
 class StudyProfile(BaseModel):
     """Everything a study depends on (written to ``study.json``)."""
 
@@ -112,7 +120,7 @@ class StudyProfile(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     ema_decay: float = 0.999
     backbone: dict = Field(default_factory=lambda: {"base_channels": 16})
-    lags: list[int] = Field(default_factory=lambda: [0, -15, -30, -45])
+    lags: list[int] = Field(default_factory=lambda: list(DEFAULT_LAGS))
     seed: int = 0
     val_every: int = 500
     members: int = 8
@@ -134,27 +142,28 @@ PROFILES: dict[str, StudyProfile] = {
                         eval_segments=_segments("2024-06-26T00:00Z", 1, 2, 91), steps=6000, sim_workers=2,
                         # the DDPM's noise inflation chosen on this profile's validation cases (README
                         # "The DDPM's noise inflation"); sampling only, its training is the same
-                        models=[*KINDS[:3], ModelSpec(name="ddpm", kind="ddpm", objective={"s_noise": 1.25})]),
+                        models=_cpu_models(s_noise=1.50)),
     # the cpu profile until 2026-12-04 (the README's earlier tables, cpu-lags and cpu-ablation use its
     # archive): June 1-8 for training (4 segments, seeds 11-14), June 10-11 held out
     "cpu-early": StudyProfile(name="cpu-early", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
-                              eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91)),
+                              eval_segments=_segments("2024-06-10T00:00Z", 1, 2, 91), lags=LAGS_4),
     # the cpu profile's budget with the gpu profile's data: 12 training segments over June 1-25 (the
     # simulator's convection grows with the season, so cpu-early's June 10-11 held-out period is
     # wetter than all of its June 1-8 training data), held out June 26-27 with the cpu profile's seed
     "cpu-season": StudyProfile(name="cpu-season", train_segments=_segments("2024-06-01T00:00Z", 12, 2, 11),
-                               eval_segments=_segments("2024-06-26T00:00Z", 1, 2, 91)),
+                               eval_segments=_segments("2024-06-26T00:00Z", 1, 2, 91), lags=LAGS_4),
     "gpu": StudyProfile(name="gpu", train_segments=_segments("2024-06-01T00:00Z", 12, 2, 101),
                         eval_segments=_segments("2024-06-26T00:00Z", 2, 2, 191), steps=1500, batch_size=16,
                         patch=128, backbone={}, ema_decay=0.999, cases=24, window=None, members=8,
                         device="cuda", parallel=4, cost_cases=8, oracle_draws=0),  # the 10-minute budget
     # issue 11's temporal claim at the gpu budget, on the gpu profile's archive (--archive of a gpu
-    # study, or simulated again): 1 and 4 slots for the U-Net and for the default, two seeds each
+    # study, or simulated again): 1 and 2 slots (the default lags) for the U-Net and for the default,
+    # two seeds each
     "gpu-lags": StudyProfile(name="gpu-lags", train_segments=_segments("2024-06-01T00:00Z", 12, 2, 101),
                              eval_segments=_segments("2024-06-26T00:00Z", 2, 2, 191), steps=1500, batch_size=16,
                              patch=128, backbone={}, cases=24, window=None, members=8, device="cuda", parallel=4,
-                             models=_lag_models([[0], [0, -15, -30, -45]], (0, 1)),
-                             default="cascade-flow-4slot-s0", cost_cases=2, oracle_draws=0),
+                             models=_lag_models([[0], [0, -15]], (0, 1)),
+                             default="cascade-flow-2slot-s0", cost_cases=2, oracle_draws=0),
     # what the default was chosen against (README "What was tried"): one global residual scale, the
     # per-mean scale with a 0.05 floor, no residual clip, the 99.9 % clip (the previous default's quantile;
     # it was fitted on 32 patches); the DDPM before EDM (v-prediction, min-SNR-5); same data, U-Net, budget as cpu-early
@@ -171,7 +180,8 @@ PROFILES: dict[str, StudyProfile] = {
                                      ModelSpec(name="cascade-flow-clip-99.9", kind="cascade-flow",
                                                objective={"clip_quantile": 0.999}),
                                      ModelSpec(name="ddpm-vp", kind="ddpm", objective={"param": "vp"}),
-                                     ModelSpec(name="residual-flow", kind="residual-flow")], lr_schedule="constant"),
+                                     ModelSpec(name="residual-flow", kind="residual-flow")], lr_schedule="constant",
+                                 lags=LAGS_4),
     # issue 11's temporal claim: 1, 2 and 4 slots for the U-Net and for the default, two seeds each, and
     # both with the 4 slots given as the newest slot + three 15-minute BT changes (tendencies) or through
     # one encoder shared by every slot (features merged after it); one
@@ -186,19 +196,24 @@ PROFILES: dict[str, StudyProfile] = {
                                      ("tendency", {"tendency": [4, 7]}, "as tendencies"),
                                      ("shared", {"slot_encoder": [4, 7, 8]}, "one shared slot encoder"))
                                  for kind in ("unet", "cascade-flow") for k in (0, 1)],
-                             default="cascade-flow-4slot-s0", cost_cases=2, lr_schedule="constant"),
+                             default="cascade-flow-4slot-s0", cost_cases=2, lr_schedule="constant", lags=LAGS_4),
     # issue 11's temporal claim at the cpu profile's data and budget (6,000 steps, cosine): 1, 2 and 4
-    # slots for the U-Net and for the default, three seeds; the 4-slot seed-0 pair has the cpu study's
-    # exact configuration (its checkpoints can be copied in: README "Several slots against one")
+    # slots for the U-Net and for the default, three seeds; the 2-slot seed-0 pair (the default lags)
+    # has the cpu study's exact configuration (its checkpoints can be copied in: README "Several slots
+    # against one"); measured when the default was 4 slots, whose seed-0 pair was the cpu study's then
     "cpu-temporal": StudyProfile(name="cpu-temporal", train_segments=_segments("2024-06-01T00:00Z", 8, 2, 11, every=3),
                                  eval_segments=_segments("2024-06-26T00:00Z", 1, 2, 91), steps=6000,
                                  models=_lag_models([[0], [0, -15], [0, -15, -30, -45]], (0, 1, 2)),
-                                 default="cascade-flow-4slot-s0", cost_cases=2),
+                                 default="cascade-flow-2slot-s0", cost_cases=2),
     "tiny": StudyProfile(name="tiny", train_segments=[Segment(start="2024-06-01T00:00Z", periods=24, seed=1)],
                          eval_segments=[Segment(start="2024-06-01T07:00Z", periods=12, seed=2)], steps=4,
                          patch=32, backbone={"base_channels": 8, "channel_mults": (1, 2)}, members=3, cases=2,
                          window=64, cost_steps=3, cost_cases=1, val_every=2, oracle_draws=2),
 }
+# the cpu profile as it was measured with the 4-slot default (2026-12-04; docs/studies/cpu-4slot):
+# its held-out cases start 45 minutes into the segment, the 2-slot profile's 15
+PROFILES["cpu-4slot"] = PROFILES["cpu"].model_copy(update={"name": "cpu-4slot", "lags": LAGS_4,
+                                                           "models": _cpu_models(s_noise=1.25)})
 
 
 def customise(name: str, models: list[str] | None = None, **overrides) -> StudyProfile:
@@ -388,16 +403,30 @@ def _window(profile: StudyProfile):
     return central_window(profile.area, profile.window) if profile.window else None
 
 
+# objective options that act at sampling time only (EDM's stochastic churn): a model spec may set them
+# for a trained checkpoint, the draw applies them and its file is keyed by them
+SAMPLING_OPTIONS = ("churn", "s_tmin", "s_tmax", "s_noise")
+
+
+def sampling_options(spec: ModelSpec) -> dict:
+    """The sampling-time options of a spec's objective (see ``SAMPLING_OPTIONS``)."""
+    return {k: spec.objective[k] for k in SAMPLING_OPTIONS if k in spec.objective}
+
+
 def draw_ensembles(ckpt: Path, archive: str, times, members: int, window, device: str, steps: int | None = None,
-                   seeds=None) -> tuple[np.ndarray, float]:
+                   seeds=None, sampling: dict | None = None) -> tuple[np.ndarray, float]:
     """Ensembles ``(case, member, y, x)`` mm/h of one checkpoint on ``times`` (case k: seed ``seeds[k]``,
-    default k); seconds/case."""
+    default k), sampled with ``sampling`` options set on its objective; seconds/case."""
     from qpe_core.archive import Archive
     from qpe_core.evaluation import case_ensemble, case_stack, window_slices
     from qpe_core.grids import get_spec
     from qpe_core.training.checkpoint import load_checkpoint
 
     arc, model = Archive.open(archive), load_checkpoint(ckpt, device)
+    for k, v in (sampling or {}).items():
+        if not hasattr(model.objective, k):
+            raise QpeError(f"{ckpt}: a {model.card['kind']} objective has no sampling option {k!r}")
+        setattr(model.objective, k, float(v))
     spec = get_spec(arc.area)
     ys, xs = window_slices(window, (spec.height, spec.width))
     n = 1 if model.card["kind"] == "unet" else members
@@ -448,6 +477,7 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
         _save_npz(ens / "truth.npz", times=stamp, truth=np.stack([arc.read_truth(t)[ys, xs] for t in times]))
     every = np.arange(len(times))
     jobs = [(s.name, None, every) for s in profile.models]
+    sampling = {s.name: sampling_options(s) for s in profile.models}
     # the cost check's reference: the default at cost_steps on a subset of the cases, each with the
     # seed (initial noise) of the default's own draw of that case, so that the two differ by the
     # steps alone (unpaired, 8 members x 6 cases, the sampling noise was as large as the check's 3 %)
@@ -455,6 +485,8 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
     for i, (name, steps, idx) in enumerate(jobs):
         path, tt = ens / (f"{name}.npz" if steps is None else f"{name}@{steps}.npz"), times[idx]
         card = _card_digest(out / "ck" / name)
+        if sampling[name]:  # drawn with the spec's sampling options, not the card's
+            card += " sampling " + json.dumps(sampling[name], sort_keys=True)
         if path.is_file():
             with np.load(path) as z:  # drawn from this very checkpoint on these very cases and seeds
                 seeds = z["seeds"] if "seeds" in z.files else np.arange(len(z["times"]))  # older files: 0..n-1
@@ -463,7 +495,8 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
                     continue
         if progress:
             progress("draw", i, len(jobs), path.stem)
-        rain, sec = draw_ensembles(out / "ck" / name, archive, tt, profile.members, window, profile.device, steps, idx)
+        rain, sec = draw_ensembles(out / "ck" / name, archive, tt, profile.members, window, profile.device, steps, idx,
+                                   sampling[name])
         _save_npz(path, times=np.array([iso(t) for t in tt]), rain=rain, seconds_per_case=sec, card=np.array(card),
                   seeds=idx)
     if progress:
@@ -503,6 +536,7 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
         with np.load(ens / f"{s.name}.npz") as z:
             forecasts[s.name] = z["rain"].astype("float32")
             info[s.name] = _model_info(out / "ck" / s.name, float(z["seconds_per_case"]))
+            info[s.name]["objective"].update(sampling_options(s))  # what the draw applied
     pixel_km = pixel_km_of(profile.area)
     metrics = score_ensembles(truth, forecasts, pd.DatetimeIndex(times), pixel_km, info=info, area=profile.area,
                               window=_window(profile), seed=profile.seed)
@@ -529,7 +563,7 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
         mission[name] = {"member_scores": extra, "cost": cost, "checks": checks,
                          "held": sum(c["held"] is True for c in checks), "total": len(checks)}
     group_of = {s.name: s.group for s in profile.models if s.group}
-    groups = seed_groups(metrics, group_of) if group_of else None
+    groups = seed_groups(metrics, group_of, mission) if group_of else None
     metrics.update(mission=mission, default=profile.default, profile=profile.model_dump(), groups=groups)
     report = write_report(metrics, out / "report")
     md = report / "report.md"

@@ -269,6 +269,10 @@ DDPM_VARIANTS = {"heun-18": (18, "heun", 0.0, 1.0), "stochastic-18-churn40": (18
                  "stochastic-18-churn40-snoise1.12": (18, "stochastic", 40.0, 1.12),
                  "stochastic-18-churn40-snoise1.18": (18, "stochastic", 40.0, 1.18),
                  "stochastic-18-churn40-snoise1.25": (18, "stochastic", 40.0, 1.25),
+                 "stochastic-18-churn40-snoise1.32": (18, "stochastic", 40.0, 1.32),
+                 "stochastic-18-churn40-snoise1.40": (18, "stochastic", 40.0, 1.40),
+                 "stochastic-18-churn40-snoise1.50": (18, "stochastic", 40.0, 1.50),
+                 "stochastic-18-churn40-snoise1.60": (18, "stochastic", 40.0, 1.60),
                  "stochastic-18-churn80-snoise1.12": (18, "stochastic", 80.0, 1.12)}
 
 

@@ -110,9 +110,11 @@ def test_simulate_then_info_and_stack(tmp_path):
     assert info["bt"]["slots"] == info["rain"]["slots"] == info["paired_slots"] == 8
     assert info["bt"]["mean_coverage"] == 1.0 and info["bt"]["gaps"] == []
     res = run_qpe("archive", "stack", url, "--time", "2024-06-01T01:45Z")
-    assert res.returncode == 0 and res.stdout.count("available 1") == 4
-    res = run_qpe("archive", "stack", url, "--time", "2024-06-01T00:30Z")
+    assert res.returncode == 0 and res.stdout.count("available 1") == 2  # the default lags 0, -15
+    res = run_qpe("archive", "stack", url, "--time", "2024-06-01T00:30Z", "--lags", "0,-15,-30,-45")
     assert res.returncode == 2 and "missing SEVIRI slot(s) 2024-05-31T23:45Z (lag -45 min)" in res.stderr
+    res = run_qpe("archive", "stack", url, "--time", "2024-06-01T00:00Z")
+    assert res.returncode == 2 and "missing SEVIRI slot(s) 2024-05-31T23:45Z (lag -15 min)" in res.stderr
     res = run_qpe("simulate", "--start", "2024-06-01T00:07Z", "--archive", url)
     assert res.returncode == 2 and "not on the 15-minute slot grid" in res.stderr
 

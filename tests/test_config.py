@@ -19,7 +19,7 @@ def clean_env(monkeypatch):
 
 def test_defaults_in_one_place():
     s = load_settings()
-    assert s.area == "france-3km" and s.channels == DEFAULT_CHANNELS and s.lags == [0, -15, -30, -45]
+    assert s.area == "france-3km" and s.channels == DEFAULT_CHANNELS and s.lags == [0, -15]
     assert s.resolved_archive_url() == "data/archive/france-3km.zarr"
 
 

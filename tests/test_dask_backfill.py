@@ -2,7 +2,7 @@
 
 Real local Prefect server, simulated source, a local Dask cluster of 2 workers.  The fast test uses
 a tiny checkpoint trained here (3 channels, 2 lags) and in-process Dask workers; the slow one the
-shipped demo checkpoint (7 channels, 4 lags) on worker processes.
+shipped demo checkpoint (7 channels, 2 lags) on worker processes.
 """
 
 from __future__ import annotations

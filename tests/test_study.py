@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qpe_core.cli import app
+from qpe_core.config import DEFAULT_LAGS
 from qpe_core.errors import QpeError
 from qpe_core.report.mission import TARGETS, crps_of, member_scores, mission_checks
 from qpe_core.study import PROFILES, ModelSpec, run_study
@@ -183,6 +184,31 @@ def test_parallel_simulation_writes_the_same_archive_as_sequential(tmp_path):
     assert simulate_stage(prof, str(tmp_path / "seq.zarr")) == {s.start: "complete" for s in segs}  # resumes
 
 
+def test_a_specs_sampling_options_apply_to_a_trained_checkpoint(tiny_study, tmp_path):
+    """Changing a spec's sampling-time option (the DDPM's s_noise) redraws that model alone, with the
+    option applied, though its checkpoint was trained (and its card written) before."""
+    import shutil
+
+    src, _ = tiny_study
+    out = tmp_path / "study"
+    shutil.copytree(src, out)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "ensembles").glob("*.npz")}
+    models = [m if m.kind != "ddpm" else m.model_copy(update={"objective": {"s_noise": 1.6}})
+              for m in PROFILES["tiny"].models]
+    metrics = run_study(PROFILES["tiny"].model_copy(update={"models": models}), out)
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "ensembles").glob("*.npz")}
+    assert after["ddpm.npz"] != before["ddpm.npz"]
+    assert all(after[n] == before[n] for n in before if n != "ddpm.npz")
+    assert metrics["models"]["ddpm"]["objective"]["s_noise"] == 1.6
+    with np.load(src / "ensembles" / "ddpm.npz") as a, np.load(out / "ensembles" / "ddpm.npz") as b:
+        assert not np.array_equal(a["rain"], b["rain"]) and "s_noise" in str(b["card"])
+    run_study(PROFILES["tiny"].model_copy(update={"models": models}), out)  # resumes: nothing redrawn
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "ensembles").glob("*.npz")} == after
+    bad = [m if m.kind != "flow" else m.model_copy(update={"objective": {"s_noise": 1.6}}) for m in models]
+    with pytest.raises(QpeError, match="no sampling option 's_noise'"):
+        run_study(PROFILES["tiny"].model_copy(update={"models": bad}), out)
+
+
 def test_a_retrained_model_is_drawn_again(tiny_study):
     out, _ = tiny_study
     before = {p.name: p.stat().st_mtime_ns for p in (out / "ensembles").glob("*.npz")}
@@ -214,7 +240,15 @@ def test_lag_profile_pairs_each_cascade_with_its_own_unet_and_reports_seed_group
     assert len(vals) == 2 and g["CRPS"]["mean"] == pytest.approx(np.mean(vals))
     assert g["CRPS"]["diff"] == pytest.approx(max(vals) - min(vals))
     assert {c["group"] for c in metrics["groups"]["claims"]} == {"unet 2 slots", "cascade-flow 2 slots"}
-    assert "## Seed groups" in (tmp_path / "report" / "report.md").read_text()
+    assert all(c["default_lags"] for c in metrics["groups"]["claims"])  # lags 0, -15: the default's
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "2 slots (the product's default lags) vs" in md
+    # every cascade's mission checks, counted over its group's seeds (a U-Net has none)
+    checks = groups["cascade-flow 2 slots"]["checks"]
+    assert len(checks["fss_mean"]) == 2 and "checks" not in groups["unet 2 slots"]
+    assert checks["cost"].count(None) == 1  # the cost check runs for the default (seed 0) only
+    held = sum(h is True for h in checks["spectrum"])
+    assert f"| cascade-flow 2 slots | " in md and f"{held}/2" in md.split("Mission checks by seed")[1]
     bad = profile.model_copy(update={"models": [*models[:1], models[-1].model_copy(update={"mean": "nope"})],
                                      "default": models[-1].name})
     with pytest.raises(QpeError, match="frozen mean 'nope'"):
@@ -305,16 +339,25 @@ def test_cost_reference_reuses_each_cases_seed(tiny_study, tmp_path):
         assert np.nanstd(r["rain"]) > 0
 
 
-def test_cpu_temporal_4slot_seed0_pair_trains_exactly_as_the_cpu_studys(tmp_path):
-    """The README copies the cpu study's U-Net and cascade into the cpu-temporal study as its 4-slot
-    seed-0 pair: valid only while every training setting but the output paths is the same."""
+def test_cpu_temporal_2slot_seed0_pair_trains_exactly_as_the_cpu_studys(tmp_path):
+    """The README copies the cpu study's U-Net and cascade into the cpu-temporal study as its 2-slot
+    (default lags) seed-0 pair: valid only while every training setting but the output paths is the same."""
     from qpe_core.study import _train_config
 
     cpu, temporal = PROFILES["cpu"], PROFILES["cpu-temporal"]
     spec = {m.name: m for m in [*cpu.models, *temporal.models]}
-    for a, b in (("unet", "unet-4slot-s0"), ("cascade-flow", "cascade-flow-4slot-s0")):
+    assert cpu.lags == DEFAULT_LAGS == [0, -15] and temporal.default == "cascade-flow-2slot-s0"
+    for a, b in (("unet", "unet-2slot-s0"), ("cascade-flow", "cascade-flow-2slot-s0")):
         ca = _train_config(cpu, spec[a], "a.zarr", tmp_path / "cpu").model_dump(exclude={"out", "mean_checkpoint"})
         cb = _train_config(temporal, spec[b], "a.zarr", tmp_path / "t").model_dump(exclude={"out", "mean_checkpoint"})
         assert ca == cb, b
     assert (temporal.patch, temporal.members, temporal.cases, temporal.window) == (cpu.patch, cpu.members,
                                                                                    cpu.cases, cpu.window)
+    # the profiles whose README tables were measured with the earlier 4-slot default keep it
+    for name in ("cpu-early", "cpu-season", "cpu-ablation", "cpu-4slot"):
+        assert PROFILES[name].lags == [0, -15, -30, -45], name
+    old = PROFILES["cpu-4slot"]
+    assert old.model_dump(exclude={"name", "lags", "models"}) == cpu.model_dump(exclude={"name", "lags", "models"})
+    # the DDPM's noise inflation was chosen on each one's own validation cases (README)
+    assert [m.objective for m in old.models] == [{}, {}, {}, {"s_noise": 1.25}]
+    assert [m.objective for m in cpu.models] == [{}, {}, {}, {"s_noise": 1.50}]

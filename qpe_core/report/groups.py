@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from qpe_core.config import DEFAULT_LAGS
+
 SCORES = ("CRPS", "CSI_1", "FSS_1_24km", "q99_ratio", "spread_skill")
 
 
-def seed_groups(metrics: dict, group_of: dict[str, str]) -> dict:
-    """``{group: {"models", "kind", "lags", score: {"mean", "diff", "values"}}}`` from the scored models."""
+def seed_groups(metrics: dict, group_of: dict[str, str], mission: dict | None = None) -> dict:
+    """``{group: {"models", "kind", "lags", score: {"mean", "diff", "values"}, "checks"}}`` from the
+    scored models; ``checks`` (where ``mission`` has the group's models): ``{check: [held per seed]}``,
+    held being True, False or None (not checked)."""
     out: dict[str, dict] = {}
     for name, group in group_of.items():
         entry = metrics["models"].get(name)
@@ -27,6 +31,8 @@ def seed_groups(metrics: dict, group_of: dict[str, str]) -> dict:
         for k in SCORES:
             v = entry["summary"].get(k)
             g.setdefault(k, {"values": []})["values"].append(None if v is None else float(v))
+        for c in (mission or {}).get(name, {}).get("checks", []):
+            g.setdefault("checks", {}).setdefault(c["check"], []).append(c["held"])
     for g in out.values():
         for k in SCORES:
             vals = [v for v in g[k]["values"] if v is not None and np.isfinite(v)]
@@ -54,7 +60,8 @@ def temporal_claim(groups: dict) -> list[dict]:
             held = d_crps >= 0.03 * b["CRPS"]["mean"] and d_crps > noise_crps and d_csi > noise_csi
             claims.append({"kind": kind, "group": n, "against": base, "crps_gain": d_crps / b["CRPS"]["mean"],
                            "crps_gain_abs": d_crps, "crps_seed_diff": noise_crps, "csi_gain": d_csi,
-                           "csi_seed_diff": noise_csi, "held": bool(held)})
+                           "csi_seed_diff": noise_csi, "held": bool(held),
+                           "default_lags": [int(v) for v in g["lags"]] == list(DEFAULT_LAGS)})
     return claims
 
 
@@ -70,7 +77,26 @@ def groups_markdown(groups: dict) -> str:
         lines += ["", "Temporal claim: CRPS at least 3 % lower and CSI(1 mm/h) higher than with one slot, both by more "
                   "than the seed-to-seed difference.", ""]
         for c in groups["claims"]:
-            lines.append(f"- {c['kind']} {c['group']} vs {c['against']}: CRPS {100 * c['crps_gain']:+.1f} % lower "
+            mark = " (the product's default lags)" if c.get("default_lags") else ""
+            lines.append(f"- {c['kind']} {c['group']}{mark} vs {c['against']}: CRPS {100 * c['crps_gain']:+.1f} % lower "
                          f"(seed diff {c['crps_seed_diff']:.4f} mm/h, gain {c['crps_gain_abs']:+.4f}), CSI "
                          f"{c['csi_gain']:+.4f} (seed diff {c['csi_seed_diff']:.4f}): **{'held' if c['held'] else 'not held'}**")
+    lines += checks_by_seed_markdown(groups)
     return "\n".join(lines) + "\n"
+
+
+def checks_by_seed_markdown(groups: dict) -> list[str]:
+    """Lines of the table: for each group, in how many of its seeds each mission check held."""
+    rows = {n: g["checks"] for n, g in groups["groups"].items() if g.get("checks")}
+    if not rows:
+        return []
+    names = list(dict.fromkeys(c for checks in rows.values() for c in checks))
+    lines = ["", "Mission checks by seed (seeds where the check held / seeds where it was checked):", "",
+             "| group | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for n, checks in rows.items():
+        cells = []
+        for c in names:
+            done = [h for h in checks.get(c, []) if h is not None]
+            cells.append(f"{sum(done)}/{len(done)}" if done else "-")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines

@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from qpe_core.archive import Archive
+from qpe_core.config import DEFAULT_LAGS
 from qpe_core.models import BTNormalizer, RainTransform, build_networks, make_objective
 from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY
 from qpe_core.timeutil import iso
@@ -44,7 +45,7 @@ class TrainConfig(BaseModel):
     out: str
     max_steps: int = Field(2000, ge=1)
     patch: int = Field(128, ge=16)
-    lags: list[int] = Field(default_factory=lambda: [0, -15, -30, -45])
+    lags: list[int] = Field(default_factory=lambda: list(DEFAULT_LAGS))
     channels: list[str] | None = None
     batch_size: int = Field(8, ge=1)
     lr: float = 2e-4
