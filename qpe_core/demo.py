@@ -31,7 +31,10 @@ def run_demo(workdir: Path, members: int, console, slot: str = DEMO_SLOT) -> dic
     table = Table(title=f"qpe demo: nowcast cycle for {out['slot']}")
     table.add_column("item")
     table.add_column("value")
-    table.add_row("status", f"{out['status']} {out['reason']}".strip())
+    status = f"{out['status']} {out['reason']}".strip()
+    if out["status"] == "skipped":  # idempotent by slot: an earlier demo's products (maybe another checkpoint)
+        status += f" (an earlier run's; `make clean` removes them to run the cycle again: {workdir})"
+    table.add_row("status", status)
     from qpe_core.training.checkpoint import read_card
 
     kind = read_card(DEMO_CHECKPOINT)["kind"]

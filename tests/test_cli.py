@@ -128,3 +128,8 @@ def test_demo_runs_a_nowcast_cycle(tmp_path):
     assert (tmp_path / "products" / "france-3km.zarr").is_dir()
     tifs = list((tmp_path / "products").rglob("*.tif"))
     assert len(tifs) == 6 and list((tmp_path / "products").rglob("*.png"))
+    # again: idempotent by slot, and it says where the earlier products are and how to redo them
+    res = run_qpe("demo", "--workdir", str(tmp_path), "--members", "2",
+                  env={"PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "400"})
+    assert res.returncode == 0 and "skipped products already exist (an earlier run's; `make clean` removes them" \
+        in res.stdout and "ensemble vs the simulated truth" in res.stdout

@@ -21,15 +21,15 @@ def test_card_markdown_of_the_shipped_checkpoint():
     rows = dict(line.strip("|").split(" | ", 1) for line in md.splitlines()[4:])
     rows = {k.strip(): v.strip() for k, v in rows.items()}
     assert rows["model kind"] == "cascade-flow"
-    assert rows["backbone"].startswith("1,112,738 parameters; base_channels=16, channel_mults=1, 1, 2, 4")
-    assert rows["input channels"] == "32 = 4 lags × (7 channels + 1 mask)"
-    assert rows["lags (min)"] == "0, -15, -30, -45" and "IR_108" in rows["channels"]
+    assert rows["backbone"].startswith("1,108,130 parameters; base_channels=16, channel_mults=1, 1, 2, 4")
+    assert rows["input channels"] == "16 = 2 lags × (7 channels + 1 mask)"
+    assert rows["lags (min)"] == "0, -15" and "IR_108" in rows["channels"]
     assert rows["grid"].startswith("france-3km, 15-minute slots")
-    assert rows["training period"] == "2024-06-01T00:45Z .. 2024-06-23T22:45Z (1287 training slots)"
+    assert rows["training period"] == "2024-06-01T00:15Z .. 2024-06-23T22:45Z (1305 training slots)"
     assert rows["steps"].startswith("6000 × 8 patches")
-    assert rows["validation loss (EMA)"] == "0.1461 at step 6000"  # the cpu study of 2026-12-04
+    assert rows["validation loss (EMA)"] == "0.1504 at step 6000"  # the cpu study of 2026-12-05
     assert rows["code version"] == "qpe-seviri 0.1.0, card v1"
-    assert rows["frozen mean (U-Net)"].startswith("data/study/cpu/ck/unet, 6000 steps")
+    assert rows["frozen mean (U-Net)"].startswith("data/study/temporal/ck/unet-2slot-s0, 6000 steps")
     assert md.startswith("### checkpoint cascade-flow\n\n| item | value |\n|---|---|\n")
 
 
