@@ -248,7 +248,7 @@ def test_lag_profile_pairs_each_cascade_with_its_own_unet_and_reports_seed_group
     assert len(checks["fss_mean"]) == 2 and "checks" not in groups["unet 2 slots"]
     assert checks["cost"].count(None) == 1  # the cost check runs for the default (seed 0) only
     held = sum(h is True for h in checks["spectrum"])
-    assert f"| cascade-flow 2 slots | " in md and f"{held}/2" in md.split("Mission checks by seed")[1]
+    assert "| cascade-flow 2 slots | " in md and f"{held}/2" in md.split("Mission checks by seed")[1]
     bad = profile.model_copy(update={"models": [*models[:1], models[-1].model_copy(update={"mean": "nope"})],
                                      "default": models[-1].name})
     with pytest.raises(QpeError, match="frozen mean 'nope'"):
