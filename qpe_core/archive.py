@@ -45,6 +45,7 @@ class Archive(TimeCube):
     KIND = "archive"
     VERSION_ATTR = "qpe_archive_version"
     TIME_VARS = ("bt", "rain", "rain_quality", "bt_coverage", "rain_coverage")
+    REQUIRED_ATTRS = ("area", "slot_minutes", "channels")
 
     def __init__(self, url, group, storage_options=None):
         super().__init__(url, group, storage_options)

@@ -125,12 +125,17 @@ class TimeCube:
     VERSION_ATTR = ""
     FORMAT_VERSION = 1
     TIME_VARS: tuple[str, ...] = ()
+    REQUIRED_ATTRS: tuple[str, ...] = ("area", "slot_minutes")
 
     def __init__(self, url: str, group: zarr.Group, storage_options: dict | None = None):
         self.url, self.group, self.storage_options = url, group, storage_options
         attrs = group.attrs.asdict()
         if attrs.get(self.VERSION_ATTR) != self.FORMAT_VERSION:
             raise ArchiveError(f"{url} is not a qpe {self.KIND} (format {self.FORMAT_VERSION})")
+        missing = [k for k in self.REQUIRED_ATTRS if k not in attrs]
+        if missing:  # seen while another process creates it: _open_or_create then waits on its lock
+            raise ArchiveError(f"{url}: incomplete {self.KIND} metadata (no {', '.join(missing)}); "
+                               "is another process creating it?")
         self.attrs = attrs
         self.area: str = attrs["area"]
         self.slot_minutes: int = int(attrs["slot_minutes"])

@@ -9,8 +9,10 @@ import json
 import pytest
 
 from qpe_core.archive import Archive, summarize
+from qpe_core.assets import DEMO_CHECKPOINT
 from qpe_core.load_bench import chunks, run_load
 from qpe_core.products.cube import ProductCube
+from qpe_core.training.checkpoint import read_card
 
 
 def check_figures(fig: dict, slots: int) -> None:
@@ -18,12 +20,13 @@ def check_figures(fig: dict, slots: int) -> None:
     arc = fig["archive"]
     assert arc["complete"], arc
     assert arc["bt_slots"] == arc["rain_slots"] == slots and arc["missing_slots"] == 0
-    assert arc["archive_slots"] == arc["paired_slots"] == slots + 4  # + the nowcast's 4 input slots
+    lags = len(read_card(DEMO_CHECKPOINT)["lags"])  # the nowcast's input slots before the period
+    assert arc["archive_slots"] == arc["paired_slots"] == slots + lags
     assert 0 < fig["peak_rss_worker_mib"] < fig["peak_rss_total_mib"]
     assert fig["peak_rss_driver_mib"] > 0 and fig["worker_rss_after_last_chunk_mib"] > 0
     now = fig["nowcast"]
     assert now["status"] == "done", now["reason"]
-    assert len(now["inputs_present"]) == 4 and now["missing_inputs"] == [] and now["peak_rss_mib"] > 0
+    assert len(now["inputs_present"]) == lags and now["missing_inputs"] == [] and now["peak_rss_mib"] > 0
     assert {"cube", "mean", "quicklook"} <= set(now["products"])
 
 

@@ -149,6 +149,18 @@ def test_cube_round_trip_idempotent_and_members_fixed(tmp_path):
         back.read_slot("2024-06-01T12:45")
 
 
+def test_a_cube_seen_while_another_process_creates_it_is_refused_by_name(tmp_path):
+    """Between the group's creation and its attributes a concurrent opener sees a version and no
+    area: a clear ArchiveError (``open_or_create`` then waits for the creator's lock), not a KeyError."""
+    import zarr
+
+    path = str(tmp_path / "p.zarr")
+    zarr.open_group(path, mode="w", zarr_format=3).attrs.update({ProductCube.VERSION_ATTR: ProductCube.FORMAT_VERSION})
+    with pytest.raises(ArchiveError, match=r"p.zarr: incomplete product cube metadata \(no area, slot_minutes, "
+                                           r"members\); is another process creating it\?"):
+        ProductCube.open(path)
+
+
 def test_crash_between_data_and_marker_hides_slot(tmp_path):
     url = str(tmp_path / "products.zarr")
     cube = ProductCube.create(url, AREA, members=4)

@@ -47,6 +47,7 @@ class ProductCube(TimeCube):
     KIND = "product cube"
     VERSION_ATTR = "qpe_product_version"
     TIME_VARS = SLOT_VARS
+    REQUIRED_ATTRS = ("area", "slot_minutes", "members")
 
     def __init__(self, url, group, storage_options=None):
         super().__init__(url, group, storage_options)
