@@ -263,6 +263,14 @@ def _save_npz(path: Path, **arrays) -> None:
     tmp.replace(path)
 
 
+def save_json(path: Path, obj, indent: int | None = None) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file, then a rename); returns ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent))
+    tmp.replace(path)
+    return path
+
+
 def cost_case_indices(profile: StudyProfile, n_cases: int) -> np.ndarray:
     """Indices of the held-out cases the cost check draws again at ``cost_steps``: spread evenly."""
     return np.linspace(0, n_cases - 1, min(profile.cost_cases, n_cases)).astype(int)
@@ -400,9 +408,7 @@ def oracle_stage(profile: StudyProfile, out: Path, times: list, truth: np.ndarra
         kept = {"key": key, "oracle": oracle}
     except QpeError as exc:
         oracle, kept = None, {"key": key, "oracle": None, "reason": str(exc)}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(kept))
-    tmp.replace(path)
+    save_json(path, kept)
     return oracle
 
 

@@ -19,9 +19,8 @@ def held_out(study: Path) -> tuple[str, pd.DatetimeIndex, np.ndarray]:
 
 def save_validation(study: Path, name: str, payload: dict) -> Path:
     """Write ``payload`` as ``STUDY/validation/NAME.json`` (atomically); returns the path."""
+    from qpe_core.study import save_json
+
     path = study / "validation" / f"{name}.json"
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
-    return path
+    return save_json(path, payload, indent=1)
