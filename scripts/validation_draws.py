@@ -13,6 +13,10 @@ study's own scoring (wet fraction, q99, spectrum, FSS, spread/skill, CRPS, per-c
 * ``cascade-flow --rhos 1,2,3``: the midpoint time grid (``CascadeFlow.time_rho``): for each rho the
   calibration is refitted with that grid (as training does) and the 4-step draw is scored beside the
   64-step draw composed with the same knots (the study's cost check, on validation cases);
+* ``cascade-flow-cfg --guidances 1:4:midpoint,2:2:midpoint``: classifier-free guidance weight,
+  steps and sampler (a model trained with ``cond_dropout``): for each, the calibration is refitted
+  with that sampler (as training does) and the draw is scored beside the ``--ref-steps`` draw of the
+  same weight on ``--ref-cases`` cases (the cost check);
 * ``ddpm``: each sampler setting is a separate draw.
 
 Prints one line per variant and writes ``STUDY/validation/MODEL.json``. Rain in mm/h.
@@ -100,7 +104,9 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", default="", help="cascade clip variants as Q or Q/TAIL, comma-separated "
                     "(default: all of CLIPS), e.g. 0.98/0.9,0.99/0.9")
     ap.add_argument("--rhos", default="", help="cascade midpoint time grids to compare with 64 steps, e.g. 1,2,3")
+    ap.add_argument("--guidances", default="", help="cascade guidance variants W:STEPS:SAMPLER, e.g. 1:4:midpoint,2:2:midpoint")
     ap.add_argument("--ref-steps", type=int, default=64)
+    ap.add_argument("--ref-cases", type=int, default=6, help="cases of the --guidances cost reference")
     args = ap.parse_args(argv)
     only = {v for v in args.variants.split(",") if v}
     from qpe_core.study import PROFILES
@@ -113,7 +119,10 @@ def main(argv=None) -> int:
     arc, ys, xs, truth = _inputs(args.study, prof, times)
     torch.set_grad_enabled(False)
     model = load_checkpoint(args.study / "ck" / args.model, "cpu")
-    if model.card["kind"] == "cascade-flow" and args.rhos:
+    if model.card["kind"] == "cascade-flow" and args.guidances:
+        variants = guidance_variants(model, arc, times, ys, xs, prof.members,
+                                     [_guidance(g) for g in args.guidances.split(",") if g], args.ref_steps, args.ref_cases)
+    elif model.card["kind"] == "cascade-flow" and args.rhos:
         variants = rho_variants(model, arc, times, ys, xs, prof.members,
                                 [float(r) for r in args.rhos.split(",")], args.ref_steps)
     elif model.card["kind"] == "cascade-flow":
@@ -123,6 +132,8 @@ def main(argv=None) -> int:
     else:
         variants = ddpm_variants(model, arc, times, ys, xs, prof.members, only)
     res = score(truth, variants, times, prof)
+    for name, cost in COST.items():
+        res[name]["cost"] = cost
     for name, r in res.items():
         print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
         if MEANS:  # where each case's largest member value is: truth max, member max, mean and truth there
@@ -133,7 +144,8 @@ def main(argv=None) -> int:
                       f"mean there {MEANS[i][j[1:]]:.1f}, truth there {truth[i][j[1:]]:.1f}, "
                       f"mean max {np.nanmax(MEANS[i]):.1f}")
     name = "-".join([args.model, *sorted(only), *([args.clips.replace("/", "t")] if args.clips else []),
-                     *([f"rho{args.rhos}"] if args.rhos else [])])  # a subset: own file
+                     *([f"rho{args.rhos}"] if args.rhos else []),
+                     *([f"cfg{args.guidances.replace(':', '_')}"] if args.guidances else [])])  # a subset: own file
     save_validation(args.study, name, {"times": [str(t) for t in times], "variants": res})
     return 0
 
@@ -234,6 +246,53 @@ def rho_variants(model, arc, times, ys, xs, members, rhos, ref_steps=64):
         print(f"case {k} {t}", flush=True, file=sys.stderr)
     obj.time_rho, obj.spread_knots = saved
     return {n: np.stack(v) for n, v in variants.items()}
+
+
+def _guidance(text: str) -> tuple[float, int, str]:
+    w, steps, sampler = text.split(":")
+    return float(w), int(steps), sampler
+
+
+def guidance_variants(model, arc, times, ys, xs, members, settings, ref_steps=64, ref_cases=6):
+    """``cfg{w}-{sampler}{steps}`` for each ``(w, steps, sampler)``, the calibration refitted with it
+    as training does. The cost check of each is kept in ``COST[name]``: fair CRPS of the draw and of
+    the ``ref_steps`` midpoint draw (same weight, knots and noise) on ``ref_cases`` spread cases."""
+    from qpe_core.report.mission import crps_of
+    from qpe_core.training.train import _calibrate
+
+    obj, nets = model.objective, model.nets
+    saved = (obj.guidance, obj.default_steps, obj.default_sampler, obj.spread_knots)
+    val = fit_patches(model, 256)
+    knots = {}
+    for w, steps, sampler in settings:
+        obj.guidance, obj.default_steps, obj.default_sampler = w, steps, sampler
+        _calibrate(obj, nets, val, "cpu", model.card["config"]["seed"])
+        knots[(w, steps, sampler)] = obj.spread_knots
+        print("cfg", w, steps, sampler, [round(k[2], 2) for k in obj.spread_knots[-6:]], flush=True, file=sys.stderr)
+    ref_idx = sorted(set(np.linspace(0, len(times) - 1, min(ref_cases, len(times))).astype(int).tolist()))
+    variants, refs = {}, {}
+    for k, t in enumerate(times):
+        bt, valid = _stack(model, arc, t, ys, xs)
+        cond = model.normalizer.condition(torch.from_numpy(bt)[None])
+        for (w, steps, sampler), sk in knots.items():
+            obj.guidance, obj.spread_knots, name = w, sk, f"cfg{w:g}-{sampler}{steps}"
+            for n, smp, out in ((steps, sampler, variants), (ref_steps, "midpoint", refs)):
+                if out is refs and k not in ref_idx:
+                    continue
+                u, mean = obj._sample_u(nets, cond, members, n, smp, torch.Generator().manual_seed(k), None)
+                y = _compose(obj, u, mean).reshape(members, *u.shape[-2:])
+                out.setdefault(name, []).append(_to_mm(model, y, valid))
+        print(f"case {k} {t}", flush=True, file=sys.stderr)
+    obj.guidance, obj.default_steps, obj.default_sampler, obj.spread_knots = saved
+    variants = {n: np.stack(v) for n, v in variants.items()}
+    truth = np.stack([arc.read_truth(times[i])[ys, xs] for i in ref_idx])
+    for name, ref in refs.items():
+        COST[name] = {"crps": crps_of(truth, variants[name][ref_idx]), "crps_ref": crps_of(truth, np.stack(ref)),
+                      "ref_steps": ref_steps, "cases": len(ref_idx)}
+    return variants
+
+
+COST: dict = {}  # name -> the cost check of a guidance variant
 
 
 MEANS: list = []  # the cascade's mean field (mm/h) of each case, for the diagnostics

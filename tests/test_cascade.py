@@ -77,6 +77,20 @@ def test_guidance_doubles_evaluations_and_config_round_trips():
         CascadeFlow(residual_std=0)
 
 
+def test_a_guided_model_keeps_eight_evaluations_with_its_own_step_count():
+    obj = make_objective("cascade-flow", guidance=2.0, cond_dropout=0.1, steps=2)
+    assert obj.evals_per_member() == 8 and CascadeFlow().evals_per_member() == 8
+    nets = {name: CountingNet(cout) for name, (_, cout) in obj.network_specs(3).items()}
+    obj.sample(nets, torch.zeros(1, 3, 8, 8), members=1, generator=gen(0))
+    assert sum(n.calls for n in nets.values()) == 8 + 1
+    assert make_objective(**obj.config()).default_steps == 2
+    old = obj.config()
+    del old["steps"]  # a card written before the option: the kind's 4 steps
+    assert make_objective(**old).default_steps == 4
+    with pytest.raises(ValueError, match="steps"):
+        CascadeFlow(steps=0)
+
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     url = str(tmp_path_factory.mktemp("casc") / "sim.zarr")

@@ -361,3 +361,22 @@ def test_cpu_temporal_2slot_seed0_pair_trains_exactly_as_the_cpu_studys(tmp_path
     # the DDPM's noise inflation was chosen on each one's own validation cases (README)
     assert [m.objective for m in old.models] == [{}, {}, {}, {"s_noise": 1.25}]
     assert [m.objective for m in cpu.models] == [{}, {}, {}, {"s_noise": 1.50}]
+
+
+def test_cpu_guidance_trains_as_the_cpu_study_but_for_the_condition_dropout(tmp_path):
+    """cpu-guidance's U-Net and unguided cascade are the cpu study's (copied in, README); its guided
+    cascade differs from the cpu cascade only by its objective options, and keeps 8 evaluations."""
+    from qpe_core.models.objectives import make_objective
+    from qpe_core.study import _train_config
+
+    cpu, cfg = PROFILES["cpu"], PROFILES["cpu-guidance"]
+    assert cfg.model_dump(exclude={"name", "models", "default"}) == cpu.model_dump(exclude={"name", "models", "default"})
+    spec = {m.name: m for m in cfg.models}
+    cpu_spec = {m.name: m for m in cpu.models}
+    for name in ("unet", "cascade-flow"):
+        assert spec[name] == cpu_spec[name]
+    a = _train_config(cpu, cpu_spec["cascade-flow"], "a.zarr", tmp_path).model_dump(exclude={"out", "objective"})
+    b = _train_config(cfg, spec["cascade-flow-cfg"], "a.zarr", tmp_path).model_dump(exclude={"out", "objective"})
+    assert a == b and cfg.default == "cascade-flow-cfg"
+    guided = make_objective("cascade-flow", **spec["cascade-flow-cfg"].objective)
+    assert guided.cond_dropout > 0 and guided.guidance > 1 and guided.evals_per_member() == 8

@@ -41,6 +41,8 @@ residual. One mean evaluation is shared by all members.
 ``guidance`` (classifier-free, CasCast): with ``cond_dropout`` > 0 the flow also learns the
 unconditional residual (``cond`` and ``m`` zeroed on a fraction of the batch); sampling with
 ``w = guidance`` uses ``v = v_uncond + w (v_cond - v_uncond)`` (2 evaluations per step). 1 = off.
+``steps`` sets this model's default sampler steps (a guided model keeps 8 evaluations per member
+with 2 midpoint steps).
 """
 
 from __future__ import annotations
@@ -103,8 +105,13 @@ class CascadeFlow(FlowMatching):
                  guidance: float = 1.0, scale_knots: list | None = None, scale_floor: float = 0.25,
                  scale_bins: int = 24, tail_bins: int = 5, clip_knots: list | None = None, clip: bool = True,
                  clip_quantile: float = 0.98, tail_clip_quantile: float | None = None,
-                 spread_knots: list | None = None, calibrate_members: int = 4, time_rho: float = 1.0):
+                 spread_knots: list | None = None, calibrate_members: int = 4, time_rho: float = 1.0,
+                 steps: int | None = None):
         super().__init__(sigma0, sigma_data=1.0)
+        if steps is not None:  # this model's default sampler steps (the class's 4 when None)
+            if int(steps) < 1:
+                raise ValueError(f"steps must be >= 1, got {steps}")
+            self.default_steps = int(steps)
         if not residual_std > 0:
             raise ValueError(f"residual_std must be > 0, got {residual_std}")
         self.scale_knots = None if scale_knots is None else [[float(a), float(b)] for a, b in scale_knots]
@@ -292,4 +299,4 @@ class CascadeFlow(FlowMatching):
                 "scale_floor": self.scale_floor, "scale_bins": self.scale_bins, "tail_bins": self.tail_bins, "clip_knots": self.clip_knots,
                 "clip": self.clip, "clip_quantile": self.clip_quantile, "tail_clip_quantile": self.tail_clip_quantile,
                 "spread_knots": self.spread_knots,
-                "calibrate_members": self.calibrate_members, "time_rho": self.time_rho}
+                "calibrate_members": self.calibrate_members, "time_rho": self.time_rho, "steps": self.default_steps}
