@@ -37,13 +37,13 @@ from __future__ import annotations
 import json
 import os
 import time as _time
-import uuid
 import warnings
 
 import numpy as np
 import pandas as pd
 
 from qpe_core.archive import Archive
+from qpe_core.atomic import write_bytes_atomically
 from qpe_core.products.cube import MARKER as PRODUCT_MARKER
 from qpe_core.products.cube import ProductCube
 from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY
@@ -189,18 +189,7 @@ class ScoreStore:
         if not self.local:
             self.fs.pipe_file(path, data)  # one PUT: an object appears whole or not at all
             return path
-        folder, name = os.path.split(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)  # readers see the old row or the new one, never a partial file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_bytes_atomically(path, data, fsync=True)  # readers see the old row or the new one, never a part
         return path
 
     def read(self, time) -> dict | None:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qpe_core.atomic import write_atomically, write_json_atomically
 from qpe_core.errors import QpeError
 # the profiles live in study_profiles; imported here too for ``from qpe_core.study import PROFILES``
 from qpe_core.study_profiles import (DEFAULT_KIND, KINDS, LAGS_4, PROFILES, ModelSpec, Segment,  # noqa: F401
@@ -258,17 +259,16 @@ def _card_digest(ckpt: Path) -> str:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file, not a name: numpy would append .npz to the name
+            np.savez_compressed(fh, **arrays)
+
+    write_atomically(path, write)
 
 
 def save_json(path: Path, obj, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (a temporary file, then a rename); returns ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent))
-    tmp.replace(path)
-    return path
+    return write_json_atomically(path, obj, indent=indent)
 
 
 def cost_case_indices(profile: StudyProfile, n_cases: int) -> np.ndarray:

@@ -221,7 +221,8 @@ def test_crash_mid_write_leaves_a_readable_store(site, fields):
     store = ScoreStore(default_store_url(cube))
     assert [r["time"] for r in store.rows("2024-05-30", NOW)] == ["2024-06-01T00:00Z", "2024-06-01T00:15Z"]
     temps = list((root / "products" / "verification").rglob("*.tmp"))
-    assert len(temps) == 1 and temps[0].name.startswith(".scores_20240602T1200Z.json.")
+    assert len(temps) == 1 and temps[0].name.startswith(".scores_20240602T1200Z.")
+    assert temps[0].name.endswith(".json.tmp")
 
     # a row damaged outside our writer (e.g. a partial copy) is reported and scored again
     damaged = Path(store.path("2024-06-01T00:15"))

@@ -36,6 +36,7 @@ from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
+from qpe_core.atomic import write_atomically
 from qpe_core.errors import QpeError
 from qpe_core.grids import get_spec
 from qpe_core.products.ensemble_stats import (
@@ -97,17 +98,7 @@ def _publish(write, dest: str, storage_options: dict | None = None) -> str:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return dest
-    final = Path(dest)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix + ".tmp", prefix="." + final.stem + ".", dir=final.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return str(final)
+    return str(write_atomically(dest, lambda p: write(str(p))))
 
 
 def cog_tags(stats: xr.Dataset, product: str) -> dict[str, str]:

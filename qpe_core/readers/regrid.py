@@ -35,8 +35,6 @@ Values are regridded as given: rain rates in mm/h stay mm/h, quality stays 0-1.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from pyproj import CRS, Transformer
 from pyresample.geometry import AreaDefinition, SwathDefinition
 from scipy.spatial import cKDTree
 
+from qpe_core.atomic import write_atomically
 from qpe_core.grids import get_area
 
 INDEX_VERSION = "regrid-v1"
@@ -327,19 +326,13 @@ def _load_index(cache_dir, key: str) -> RegridIndex | None:
 
 
 def _save_index(cache_dir, key: str, index: RegridIndex) -> None:
-    directory = Path(cache_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".regrid-{key}-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file, not a name: numpy would append .npz to the name
             np.savez(fh, method=index.method, window=np.array(index.window), src=index.src, tgt=index.tgt,
                      n_total=index.n_total, source_shape=np.array(index.source_shape),
                      target_shape=np.array(index.target_shape))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, _cache_path(directory, key))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomically(_cache_path(Path(cache_dir), key), write)
 
 
 def clear_memory_cache() -> None:

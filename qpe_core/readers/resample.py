@@ -19,14 +19,14 @@ memoised in the process.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pyproj import Transformer
 from pyresample.geometry import AreaDefinition
+
+from qpe_core.atomic import write_atomically
 
 LUT_VERSION = 1
 _MEMO: dict[str, "NearestLUT"] = {}
@@ -139,12 +139,8 @@ def clear_memory_cache() -> None:
 
 
 def _save_atomic(path: Path, index: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file, not a name: numpy would append .npy to the name
             np.save(fh, index, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomically(path, write)

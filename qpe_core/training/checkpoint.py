@@ -15,7 +15,6 @@ half-written checkpoint under the final name.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qpe_core import __version__
+from qpe_core.atomic import write_atomically
 from qpe_core.errors import QpeError
 from qpe_core.models import BTNormalizer, RainTransform, build_networks, objective_from_config
 
@@ -41,9 +41,7 @@ class Loaded:
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    write_atomically(path, write)
 
 
 def _flat(nets: torch.nn.ModuleDict) -> dict[str, torch.Tensor]:
