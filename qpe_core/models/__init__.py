@@ -1,8 +1,9 @@
 """Models: value transforms, the U-Net backbone, training objectives and samplers (plain tensors).
 
 ``transform`` (mm/h and K <-> network units), ``backbone`` (:class:`UNet`), ``objectives``
-(regression, DDPM (EDM or VP), flow matching, residual flow, cascade flow; :func:`make_objective`), ``samplers`` (Euler,
-Heun, DDPM ancestral, DDIM).
+(regression, VP DDPM, flow matching; :func:`make_objective`), ``edm`` (the EDM DDPM), ``cascade``
+(the product default), ``residual_flow`` (the previous one), ``samplers`` (Euler, Heun, midpoint,
+DDPM ancestral, DDIM).
 """
 
 from qpe_core.models.backbone import UNet
@@ -12,17 +13,18 @@ from qpe_core.models.objectives import (
     FlowMatching,
     Objective,
     Regression,
-    ResidualFlow,
     build_networks,
     make_objective,
     objective_from_config,
 )
 from qpe_core.models.cascade import CascadeFlow
 from qpe_core.models.edm import EDMDiffusion, diffusion_objective
+from qpe_core.models.residual_flow import ResidualFlow
 from qpe_core.models.samplers import DiffusionSchedule, ddim, ddpm_ancestral, euler, heun, midpoint
 from qpe_core.models.transform import BTNormalizer, RainTransform
 
-OBJECTIVES[CascadeFlow.kind] = CascadeFlow  # registered here: cascade.py and edm.py build on objectives.py
+OBJECTIVES[CascadeFlow.kind] = CascadeFlow  # registered here: cascade, residual_flow, edm build on objectives
+OBJECTIVES[ResidualFlow.kind] = ResidualFlow
 OBJECTIVES["ddpm"] = diffusion_objective  # EDM preconditioning by default, param="vp" for Ho et al.'s
 
 __all__ = [
