@@ -400,7 +400,8 @@ def oracle_stage(profile: StudyProfile, out: Path, times: list, truth: np.ndarra
            "segments": [s.model_dump() for s in profile.eval_segments]}
     if path.is_file():
         kept = json.loads(path.read_text())
-        if kept.get("key") == key:
+        # kept from before the oracle's member FSS (2026-12-05): drawn again, same seed, same maxima
+        if kept.get("key") == key and (kept.get("oracle") is None or "fss_member0" in kept["oracle"]):
             return kept.get("oracle")
     try:
         oracle = oracle_maxima(profile.area, profile.eval_segments, pd.DatetimeIndex(times), truth, profile.members,

@@ -68,8 +68,20 @@ def test_the_maximum_check_prints_an_oracle_ensembles_and_a_foreign_truth_has_no
     assert ratios.shape == (2, 2) and np.isfinite(ratios).all() and (ratios > 0).all()
     over = (ratios > 2).sum(axis=1)
     assert f"every case held in {(over == 0).sum()} of 2 draws" in line and "oracle ensemble" in line
+    # the member check carries the oracle's member FSS at the check's scale (24 km = 8 pixels of 3 km)
+    member = next(c["text"] for c in metrics["mission"]["cascade-flow"]["checks"] if c["check"] == "fss_member")
+    fss0, fss_mean = kept["oracle"]["fss_member0"], kept["oracle"]["fss_member_mean"]
+    assert len(fss0) == len(fss_mean) == 2 and kept["oracle"]["fss_scale_px"] == 8
+    assert all(0 <= f <= 1 for f in fss0 + fss_mean if np.isfinite(f))
+    assert f"the oracle ensemble: member 0 {np.mean(fss0):.3f}" in member and "of 2 draws]" in member
     with np.load(out / "ensembles" / "truth.npz") as z:
         times, truth = list(z["times"]), z["truth"]
+    # an oracle kept from before its member FSS is drawn again: same draws, so the same maxima
+    (tmp_path / "old" / "ensembles").mkdir(parents=True)
+    old = {"key": kept["key"], "oracle": {k: v for k, v in kept["oracle"].items() if not k.startswith("fss")}}
+    (tmp_path / "old" / "ensembles" / "oracle.json").write_text(json.dumps(old))
+    again = oracle_stage(PROFILES["tiny"], tmp_path / "old", times, truth)
+    assert again["max_ratio"] == kept["oracle"]["max_ratio"] and again["fss_member0"] == fss0
     (tmp_path / "ensembles").mkdir()
     assert oracle_stage(PROFILES["tiny"], tmp_path, times, truth + 0.5) is None
     assert "is not the simulator's rain" in json.loads((tmp_path / "ensembles" / "oracle.json").read_text())["reason"]

@@ -83,6 +83,17 @@ def _oracle_text(oracle: dict | None, limit: float) -> str:
             f"mean {sum(over) / len(over):.2f}, range {min(over)}-{max(over)}]")
 
 
+def _oracle_fss_text(oracle: dict | None, u24: float) -> str:
+    """The member check of the oracle ensemble (FSS of its members at the same scale), as a clause."""
+    if not oracle or not oracle.get("fss_member0"):
+        return ""
+    m0, mm = oracle["fss_member0"], oracle["fss_member_mean"]
+    worst = [min(a, b) - u24 for a, b in zip(m0, mm)]
+    return (f" [the oracle ensemble: member 0 {np.mean(m0):.3f} (range {min(m0):.3f}-{max(m0):.3f} over "
+            f"{len(m0)} draws), mean over members {np.mean(mm):.3f}; held in {sum(w >= -TARGETS['fss_member'] for w in worst)}"
+            f" of {len(m0)} draws]")
+
+
 def _line(check: str, held: bool | None, text: str) -> dict:
     verdict = "not checked" if held is None else ("held" if held else "not held")
     return {"check": check, "held": held, "text": f"{text}: {verdict}"}
@@ -110,7 +121,7 @@ def mission_checks(model: dict, unet: dict | None, extra: dict, cost: dict | Non
     m0, mm = extra["fss_member0"], extra["fss_member_mean"]
     out.append(_line("fss_member", (min(m0, mm) >= u24 - T["fss_member"]) if _ok(m0, mm, u24) else None,
                      f"FSS 24 km of member 0 {m0:.3f} and mean over members {mm:.3f} vs U-Net {u24:.3f} "
-                     f"({min(m0, mm) - u24:+.3f}, >= -{T['fss_member']})"))
+                     f"({min(m0, mm) - u24:+.3f}, >= -{T['fss_member']})" + _oracle_fss_text(oracle, u24)))
     w, q = model["wet_fraction_ratio"], model["q99_ratio"]
     out.append(_line("realism", (abs(w - 1) <= T["realism"] and abs(q - 1) <= T["realism"]) if _ok(w, q) else None,
                      f"wet fraction {model['wet_fraction']:.3f} / truth {model['wet_fraction_truth']:.3f} = {w:.2f}, "

@@ -21,6 +21,7 @@ from qpe_core.simulator.fields import (EFFICIENCY, LATENTS, fast_normal, lognorm
                                        power_law_amplitude, wavenumbers)
 from qpe_core.timeutil import slot_range
 from qpe_core.verification.ensemble import CRPSAccumulator
+from qpe_core.verification.spatial import FSSAccumulator
 
 
 def efficiency_amplitude(dyn) -> np.ndarray:
@@ -115,7 +116,9 @@ def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, d
     runs it for the archive, ``draws`` oracle ensembles of ``members``. ``truth (case, y, x)`` mm/h
     (NaN = no radar) must be that simulator's rain, else :class:`QpeError`. Returns per draw and case
     the largest member value over the truth's valid pixels (``case_max``, mm/h), the truth's maximum
-    and each case's ratio (``max_ratio``, draw-major lists), and each draw's fair CRPS (mm/h)."""
+    and each case's ratio (``max_ratio``, draw-major lists), each draw's fair CRPS (mm/h) and each
+    draw's FSS at 1 mm/h on the grid scale nearest 24 km of member 0 and mean over its members
+    (``fss_member0``, ``fss_member_mean``: what the mission's member check asks of a model)."""
     from qpe_core.evaluation import window_slices
     from qpe_core.grids import get_spec, lonlats
     from qpe_core.simulator import Simulator
@@ -125,6 +128,9 @@ def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, d
     times = pd.DatetimeIndex(times)
     case_max = np.full((draws, len(times)), np.nan)
     crps = [CRPSAccumulator([1]) for _ in range(draws)]
+    names = [f"m{j}" for j in range(members)]
+    scale_px = max(1, round(24.0 / (0.5 * sum(spec.resolution_m) / 1000.0)))
+    fss = [FSSAccumulator(names, ["thr"], [scale_px]) for _ in range(draws)]
     for seg in segments:
         t0 = pd.Timestamp(seg.start)
         k = np.flatnonzero((times >= t0) & (times < t0 + pd.Timedelta(minutes=15 * seg.periods)))
@@ -143,6 +149,9 @@ def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, d
             o = np.where(valid, truth[k[i]], np.nan).astype("float64")
             for d in range(draws):
                 crps[d].update(ens[d].astype("float64"), o)
+                fss[d].update({n: ens[d, j].astype("float64") for j, n in enumerate(names)}, o, {"thr": 1.0})
     truth_max = np.array([np.nanmax(t) if np.isfinite(t).any() else np.nan for t in truth])
     return {"draws": draws, "members": members, "case_max": case_max.tolist(), "truth_max": truth_max.tolist(),
-            "max_ratio": (case_max / truth_max).tolist(), "crps_fair": [c.compute()["fair_1x1"] for c in crps]}
+            "max_ratio": (case_max / truth_max).tolist(), "crps_fair": [c.compute()["fair_1x1"] for c in crps],
+            "fss_member0": [float(f.fss(names[0])[0, 0]) for f in fss],
+            "fss_member_mean": [float(np.mean([f.fss(n)[0, 0] for n in names])) for f in fss], "fss_scale_px": scale_px}
