@@ -11,9 +11,9 @@ Stages, each resumable (a re-run skips what is complete and resumes a half-train
 3. **draw** each model's ensemble on the held-out cases into ``OUT/ensembles/NAME.npz`` (case ``k`` uses
    seed ``k``; the default model also at ``cost_steps`` on ``cost_cases`` of them, each with its own
    case's seed, so that the cost check compares the same initial noise integrated in two ways);
-4. **score** them together (:func:`qpe_core.evaluation.score_ensembles`), add the mission checks
-   (:mod:`qpe_core.report.mission`) and write ``OUT/report`` (``metrics.json``, ``report.md``,
-   figures) and ``OUT/study.json`` (profile, wall time per stage).
+4. **score** them together (:mod:`qpe_core.study_score`: the verification suite, the mission checks
+   of :mod:`qpe_core.report.mission`, the oracle ensemble) and write ``OUT/report`` (``metrics.json``,
+   ``report.md``, figures) and ``OUT/study.json`` (profile, wall time per stage).
 
 Profiles (:mod:`qpe_core.study_profiles`): ``cpu`` (2 cores, at most 75 minutes: 8 training
 segments over June 1-23, held out June 26-27; ``cpu-4slot`` the same with the earlier 4-slot
@@ -38,8 +38,11 @@ import pandas as pd
 from qpe_core.atomic import write_atomically, write_json_atomically
 from qpe_core.errors import QpeError
 # the profiles live in study_profiles; imported here too for ``from qpe_core.study import PROFILES``
-from qpe_core.study_profiles import (DEFAULT_KIND, KINDS, LAGS_4, PROFILES, ModelSpec, Segment,  # noqa: F401
-                                     StudyProfile, _lag_models, customise)
+from qpe_core.study_profiles import (DEFAULT_KIND, KINDS, LAGS_4, PROFILES, SAMPLING_OPTIONS,  # noqa: F401
+                                     ModelSpec, Segment, StudyProfile, _lag_models, _window, customise,
+                                     sampling_options)
+# the score stage lives in study_score (imported here for run_study and ``from qpe_core.study import ...``)
+from qpe_core.study_score import oracle_stage, score_stage  # noqa: F401
 from qpe_core.timeutil import iso
 
 Progress = Callable[[str, int, int, str], None]  # (stage, done, total, label)
@@ -205,22 +208,6 @@ def eval_cases(profile: StudyProfile, archive: str) -> pd.DatetimeIndex:
     return times[np.linspace(0, len(times) - 1, min(profile.cases, len(times))).astype(int)]
 
 
-def _window(profile: StudyProfile):
-    from qpe_core.evaluation import central_window
-
-    return central_window(profile.area, profile.window) if profile.window else None
-
-
-# objective options that act at sampling time only (EDM's stochastic churn): a model spec may set them
-# for a trained checkpoint, the draw applies them and its file is keyed by them
-SAMPLING_OPTIONS = ("churn", "s_tmin", "s_tmax", "s_noise")
-
-
-def sampling_options(spec: ModelSpec) -> dict:
-    """The sampling-time options of a spec's objective (see ``SAMPLING_OPTIONS``)."""
-    return {k: spec.objective[k] for k in SAMPLING_OPTIONS if k in spec.objective}
-
-
 def draw_ensembles(ckpt: Path, archive: str, times, members: int, window, device: str, steps: int | None = None,
                    seeds=None, sampling: dict | None = None) -> tuple[np.ndarray, float]:
     """Ensembles ``(case, member, y, x)`` mm/h of one checkpoint on ``times`` (case k: seed ``seeds[k]``,
@@ -318,101 +305,6 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
         progress("draw", len(jobs), len(jobs), "")
 
 
-def _model_info(ckpt: Path, seconds: float) -> dict:
-    from qpe_core.training.checkpoint import load_checkpoint
-
-    m = load_checkpoint(ckpt)
-    return {"kind": m.card["kind"], "source": str(ckpt), "parameters": m.card.get("parameters"),
-            "train_steps": m.card.get("steps"), "lags": m.card["lags"], "objective": m.card["objective"],
-            "evals_per_member": m.objective.evals_per_member(), "shared_evals": m.objective.shared_evals(),
-            "validation": m.card.get("validation"), "seconds_per_case": seconds,
-            "val_curve": _val_curve(ckpt), "lr_schedule": m.card["config"].get("lr_schedule", "constant")}
-
-
-def _val_curve(ckpt: Path) -> list[list[float]]:
-    """``[[step, validation loss], ...]`` from a checkpoint's training log."""
-    log = ckpt / "train_log.jsonl"
-    recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
-    return [[r["step"], r["val_loss"]] for r in recs if r.get("val_loss") is not None]
-
-
-def score_stage(profile: StudyProfile, out: Path) -> dict:
-    """Score the drawn ensembles together, add the mission checks and write ``OUT/report``."""
-    from qpe_core.evaluation import pixel_km_of, score_ensembles
-    from qpe_core.report import summarize, write_report
-    from qpe_core.report.groups import groups_markdown, seed_groups
-    from qpe_core.report.mission import comparison_markdown, crps_of, curves_markdown, member_scores, mission_checks, mission_markdown
-
-    ens = out / "ensembles"
-    with np.load(ens / "truth.npz") as z:
-        times, truth = list(z["times"]), z["truth"].astype("float32")
-    forecasts, info = {}, {}
-    for s in profile.models:
-        with np.load(ens / f"{s.name}.npz") as z:
-            forecasts[s.name] = z["rain"].astype("float32")
-            info[s.name] = _model_info(out / "ck" / s.name, float(z["seconds_per_case"]))
-            info[s.name]["objective"].update(sampling_options(s))  # what the draw applied
-    pixel_km = pixel_km_of(profile.area)
-    metrics = score_ensembles(truth, forecasts, pd.DatetimeIndex(times), pixel_km, info=info, area=profile.area,
-                              window=_window(profile), seed=profile.seed)
-    scale_px = max(1, round(24.0 / pixel_km))
-    unets = [n for n, s in info.items() if s["kind"] == "unet"]
-    ref_of = {s.name: s.mean if s.mean in unets else (unets[0] if unets else None) for s in profile.models}
-    mission = {}
-    for name, entry in metrics["models"].items():
-        entry["seconds_per_case"] = info[name]["seconds_per_case"]
-        entry["summary"] = summary = summarize(entry)
-        if entry["members"] < 2:
-            continue
-        extra = member_scores(truth, forecasts[name], scale_px)
-        cost = None
-        if name == profile.default:
-            with np.load(ens / f"{name}@{profile.cost_steps}.npz") as z:
-                sub = [times.index(t) for t in z["times"]]
-                ref = z["rain"].astype("float32")
-            cost = {"evals_per_member": summary["evals_per_member"], "crps": crps_of(truth[sub], forecasts[name][sub]),
-                    "crps_ref": crps_of(truth[sub], ref), "ref_steps": profile.cost_steps, "cases": len(sub)}
-        unet = ref_of[name]  # the U-Net of the same lags and seed where the model names one
-        oracle = oracle_stage(profile, out, times, truth) if name == profile.default else None
-        checks = mission_checks(summary, metrics["models"][unet]["summary"] if unet else None, extra, cost, oracle)
-        mission[name] = {"member_scores": extra, "cost": cost, "checks": checks,
-                         "held": sum(c["held"] is True for c in checks), "total": len(checks)}
-    group_of = {s.name: s.group for s in profile.models if s.group}
-    groups = seed_groups(metrics, group_of, mission) if group_of else None
-    metrics.update(mission=mission, default=profile.default, profile=profile.model_dump(), groups=groups)
-    report = write_report(metrics, out / "report")
-    md = report / "report.md"
-    md.write_text(md.read_text() + "\n" + comparison_markdown(metrics) + "\n" + mission_markdown(metrics)
-                  + "\n" + curves_markdown(metrics) + ("\n" + groups_markdown(groups) if groups else ""))
-    return metrics
-
-
-def oracle_stage(profile: StudyProfile, out: Path, times: list, truth: np.ndarray) -> dict | None:
-    """The maximum check of an oracle ensemble on the held-out cases (:func:`qpe_core.simulator.oracle.oracle_maxima`),
-    kept in ``ensembles/oracle.json`` for these cases, draws and members; None (with the reason in
-    that file) when the archive's truth is not the simulator's rain (e.g. a radar-driven archive)."""
-    from qpe_core.simulator.oracle import oracle_maxima
-
-    if profile.oracle_draws < 1:
-        return None
-    path = out / "ensembles" / "oracle.json"
-    key = {"cases": [str(t) for t in times], "draws": profile.oracle_draws, "members": profile.members,
-           "segments": [s.model_dump() for s in profile.eval_segments]}
-    if path.is_file():
-        kept = json.loads(path.read_text())
-        # kept from before the oracle's member FSS (2026-12-05): drawn again, same seed, same maxima
-        if kept.get("key") == key and (kept.get("oracle") is None or "fss_member0" in kept["oracle"]):
-            return kept.get("oracle")
-    try:
-        oracle = oracle_maxima(profile.area, profile.eval_segments, pd.DatetimeIndex(times), truth, profile.members,
-                               profile.oracle_draws, _window(profile), seed=profile.seed)
-        kept = {"key": key, "oracle": oracle}
-    except QpeError as exc:
-        oracle, kept = None, {"key": key, "oracle": None, "reason": str(exc)}
-    save_json(path, kept)
-    return oracle
-
-
 def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None,
               progress: Progress | None = None) -> dict:
     """All four stages (module docstring) into ``out``; returns the metrics dict. Re-runs resume."""
@@ -446,5 +338,5 @@ def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None
     log["seconds"]["score"] = time.perf_counter() - t1
     log["seconds"]["total"] = time.perf_counter() - t0
     log["checks"] = {n: f"{m['held']}/{m['total']}" for n, m in metrics["mission"].items()}
-    (out / "study.json").write_text(json.dumps(log, indent=1, default=str))
+    write_json_atomically(out / "study.json", log, indent=1, default=str)
     return metrics

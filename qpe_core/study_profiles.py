@@ -204,6 +204,24 @@ PROFILES["cpu-guidance"] = PROFILES["cpu"].model_copy(update={
                   objective={"cond_dropout": 0.1, "guidance": 1.5, "steps": 2})]})
 
 
+def _window(profile: StudyProfile):
+    """The central window a profile scores (``profile.window`` pixels), None for the full grid."""
+    from qpe_core.evaluation import central_window
+
+    return central_window(profile.area, profile.window) if profile.window else None
+
+
+# objective options that act at sampling time only (EDM's stochastic churn): a model spec may set them
+# for a trained checkpoint, the draw applies them and its file is keyed by them
+SAMPLING_OPTIONS = ("churn", "s_tmin", "s_tmax", "s_noise")
+
+
+def sampling_options(spec: ModelSpec) -> dict:
+    """The sampling-time options of a spec's objective (see ``SAMPLING_OPTIONS``)."""
+    return {k: spec.objective[k] for k in SAMPLING_OPTIONS if k in spec.objective}
+
+
+
 def customise(name: str, models: list[str] | None = None, **overrides) -> StudyProfile:
     """Profile ``name`` with only the ``models`` named (the last kept one becomes the default if the
     profile's is dropped) and ``overrides`` (steps, device, lr_schedule; None = the profile's)."""
