@@ -192,6 +192,12 @@ PROFILES: dict[str, StudyProfile] = {
 # its held-out cases start 45 minutes into the segment, the 2-slot profile's 15
 PROFILES["cpu-4slot"] = PROFILES["cpu"].model_copy(update={"name": "cpu-4slot", "lags": LAGS_4,
                                                            "models": _cpu_models(s_noise=1.25)})
+# the cpu study's U-Net and default on three times its held-out cases: June 26-27 (the cpu profile's
+# segment, seed 91) and two more two-day segments after it (seeds 92, 93), 48 cases; same training
+# (the cpu study's checkpoints can be copied in), to see which verdicts of 16 cases hold on more
+PROFILES["cpu-wide"] = PROFILES["cpu"].model_copy(update={
+    "name": "cpu-wide", "eval_segments": _segments("2024-06-26T00:00Z", 3, 2, 91), "cases": 48,
+    "models": [ModelSpec(name="unet", kind="unet"), ModelSpec(name="cascade-flow", kind="cascade-flow")]})
 # issue 10's CasCast dial on the cpu profile (same data, budget, U-Net): the cascade trained with 10 %
 # condition dropout and sampled with classifier-free guidance on its condition, 2 midpoint steps so
 # that it keeps 8 evaluations per member, the weight (1.5) chosen on the validation cases among 1, 1.5,

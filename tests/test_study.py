@@ -375,6 +375,26 @@ def test_cpu_temporal_2slot_seed0_pair_trains_exactly_as_the_cpu_studys(tmp_path
     assert [m.objective for m in cpu.models] == [{}, {}, {}, {"s_noise": 1.50}]
 
 
+def test_cpu_wide_scores_the_cpu_studys_models_on_three_held_out_segments(tmp_path):
+    """cpu-wide trains exactly as cpu (its checkpoints are copied in, README) and holds out the cpu
+    profile's segment and two later ones, with seeds no training segment uses."""
+    from qpe_core.study import _train_config
+
+    cpu, wide = PROFILES["cpu"], PROFILES["cpu-wide"]
+    same = {"name", "models", "eval_segments", "cases"}
+    assert wide.model_dump(exclude=same) == cpu.model_dump(exclude=same)
+    assert wide.eval_segments[0] == cpu.eval_segments[0] and len(wide.eval_segments) == 3 and wide.cases == 48
+    train_end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods) for s in wide.train_segments)
+    assert all(pd.Timestamp(s.start) >= train_end for s in wide.eval_segments)
+    assert not {s.seed for s in wide.eval_segments} & {s.seed for s in wide.train_segments}
+    starts = [pd.Timestamp(s.start) for s in wide.eval_segments]
+    assert all(b - a >= pd.Timedelta(minutes=15 * s.periods) for a, b, s in zip(starts, starts[1:], wide.eval_segments))
+    cpu_spec = {m.name: m for m in cpu.models}
+    for spec in wide.models:
+        a = _train_config(cpu, cpu_spec[spec.name], "a.zarr", tmp_path).model_dump()
+        assert _train_config(wide, spec, "a.zarr", tmp_path).model_dump() == a
+
+
 def test_cpu_guidance_trains_as_the_cpu_study_but_for_the_condition_dropout(tmp_path):
     """cpu-guidance's U-Net and unguided cascade are the cpu study's (copied in, README); its guided
     cascade differs from the cpu cascade only by its objective options, and keeps 8 evaluations."""
