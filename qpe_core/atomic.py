@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object], mode: int | None = 0o644,
@@ -43,9 +44,20 @@ def write_atomically(path: str | Path, write: Callable[[Path], object], mode: in
     return final
 
 
+def write_stream_atomically(path: str | Path, write: Callable[[BinaryIO], object], fsync: bool = False) -> Path:
+    """Call ``write(fh)`` on the temporary file opened for binary writing (writers that append an
+    extension to a name, as ``numpy.save`` and ``numpy.savez`` do, take an open file), through
+    :func:`write_atomically`."""
+    def to(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+
+    return write_atomically(path, to, fsync=fsync)
+
+
 def write_bytes_atomically(path: str | Path, data: bytes, fsync: bool = False) -> Path:
     """``data`` to ``path`` through :func:`write_atomically`."""
-    return write_atomically(path, lambda p: p.write_bytes(data), fsync=fsync)
+    return write_stream_atomically(path, lambda fh: fh.write(data), fsync=fsync)
 
 
 def write_json_atomically(path: str | Path, obj, indent: int | None = None, default=None) -> Path:

@@ -55,9 +55,14 @@ def pixel_km_of(area: str) -> float:
     return get_spec(area).resolution_m[0] / 1000.0
 
 
+def scale_px(km: float, pixel_km: float) -> int:
+    """The grid scale (pixels, at least 1) nearest ``km``."""
+    return max(1, round(km / pixel_km))
+
+
 def fss_scales_for(pixel_km: float) -> list[int]:
     """The suite's FSS scales (pixels) plus those nearest the headline 3, 24 and 96 km."""
-    return sorted(set(FSS_SCALES_PX) | {max(1, round(km / pixel_km)) for km in HEADLINE_KM})
+    return sorted(set(FSS_SCALES_PX) | {scale_px(km, pixel_km) for km in HEADLINE_KM})
 
 
 class Evaluation:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qpe_core.atomic import write_atomically, write_json_atomically
+from qpe_core.atomic import write_json_atomically, write_stream_atomically
 from qpe_core.errors import QpeError
 # the profiles live in study_profiles; imported here too for ``from qpe_core.study import PROFILES``
 from qpe_core.study_profiles import (DEFAULT_KIND, KINDS, LAGS_4, PROFILES, SAMPLING_OPTIONS,  # noqa: F401
@@ -246,16 +246,7 @@ def _card_digest(ckpt: Path) -> str:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:  # a file, not a name: numpy would append .npz to the name
-            np.savez_compressed(fh, **arrays)
-
-    write_atomically(path, write)
-
-
-def save_json(path: Path, obj, indent: int | None = None) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically (a temporary file, then a rename); returns ``path``."""
-    return write_json_atomically(path, obj, indent=indent)
+    write_stream_atomically(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def cost_case_indices(profile: StudyProfile, n_cases: int) -> np.ndarray:

@@ -227,7 +227,6 @@ def sampling_options(spec: ModelSpec) -> dict:
     return {k: spec.objective[k] for k in SAMPLING_OPTIONS if k in spec.objective}
 
 
-
 def customise(name: str, models: list[str] | None = None, **overrides) -> StudyProfile:
     """Profile ``name`` with only the ``models`` named (the last kept one becomes the default if the
     profile's is dropped) and ``overrides`` (steps, device, lr_schedule; None = the profile's)."""

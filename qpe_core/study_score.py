@@ -39,7 +39,7 @@ def _val_curve(ckpt: Path) -> list[list[float]]:
 
 def score_stage(profile: StudyProfile, out: Path) -> dict:
     """Score the drawn ensembles together, add the mission checks and write ``OUT/report``."""
-    from qpe_core.evaluation import pixel_km_of, score_ensembles
+    from qpe_core.evaluation import pixel_km_of, scale_px, score_ensembles
     from qpe_core.report import summarize, write_report
     from qpe_core.report.groups import groups_markdown, seed_groups
     from qpe_core.report.mission import comparison_markdown, crps_of, curves_markdown, member_scores, mission_checks, mission_markdown
@@ -56,7 +56,7 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
     pixel_km = pixel_km_of(profile.area)
     metrics = score_ensembles(truth, forecasts, pd.DatetimeIndex(times), pixel_km, info=info, area=profile.area,
                               window=_window(profile), seed=profile.seed)
-    scale_px = max(1, round(24.0 / pixel_km))
+    scale_24 = scale_px(24.0, pixel_km)
     unets = [n for n, s in info.items() if s["kind"] == "unet"]
     ref_of = {s.name: s.mean if s.mean in unets else (unets[0] if unets else None) for s in profile.models}
     mission = {}
@@ -65,7 +65,7 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
         entry["summary"] = summary = summarize(entry)
         if entry["members"] < 2:
             continue
-        extra = member_scores(truth, forecasts[name], scale_px)
+        extra = member_scores(truth, forecasts[name], scale_24)
         cost = None
         if name == profile.default:
             with np.load(ens / f"{name}@{profile.cost_steps}.npz") as z:

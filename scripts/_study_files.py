@@ -19,8 +19,6 @@ def held_out(study: Path) -> tuple[str, pd.DatetimeIndex, np.ndarray]:
 
 def save_validation(study: Path, name: str, payload: dict) -> Path:
     """Write ``payload`` as ``STUDY/validation/NAME.json`` (atomically); returns the path."""
-    from qpe_core.study import save_json
+    from qpe_core.atomic import write_json_atomically
 
-    path = study / "validation" / f"{name}.json"
-    path.parent.mkdir(exist_ok=True)
-    return save_json(path, payload, indent=1)
+    return write_json_atomically(study / "validation" / f"{name}.json", payload, indent=1)

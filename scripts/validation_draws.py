@@ -75,7 +75,7 @@ def _stack(model, arc, t, ys, xs):
 
 
 def score(truth, forecasts, times, prof):
-    from qpe_core.evaluation import pixel_km_of, score_ensembles
+    from qpe_core.evaluation import pixel_km_of, scale_px, score_ensembles
     from qpe_core.report import summarize
     from qpe_core.report.mission import member_scores
     from qpe_core.study import _window
@@ -85,7 +85,7 @@ def score(truth, forecasts, times, prof):
     out = {}
     for name, entry in metrics["models"].items():
         s = summarize(entry)
-        ms = member_scores(truth, forecasts[name], max(1, round(24.0 / pk)))
+        ms = member_scores(truth, forecasts[name], scale_px(24.0, pk))
         ratios = np.array(ms["max_ratio"])
         out[name] = {k: s.get(k) for k in ("FSS_1_24km", "wet_fraction_ratio", "q99_ratio", "q99.9_ratio",
                                             "spectrum_ratio_10_50km", "spread_skill", "CRPS", "CRPS_fair", "rank_RI")}
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     model = load_checkpoint(args.study / "ck" / args.model, "cpu")
     if model.card["kind"] == "cascade-flow" and args.guidances:
-        variants = guidance_variants(model, arc, times, ys, xs, prof.members,
+        variants = guidance_variants(model, arc, times, truth, ys, xs, prof.members,
                                      [_guidance(g) for g in args.guidances.split(",") if g], args.ref_steps, args.ref_cases)
     elif model.card["kind"] == "cascade-flow" and args.rhos:
         variants = rho_variants(model, arc, times, ys, xs, prof.members,
@@ -253,9 +253,9 @@ def _guidance(text: str) -> tuple[float, int, str]:
     return float(w), int(steps), sampler
 
 
-def guidance_variants(model, arc, times, ys, xs, members, settings, ref_steps=64, ref_cases=6):
+def guidance_variants(model, arc, times, truth, ys, xs, members, settings, ref_steps=64, ref_cases=6):
     """``cfg{w}-{sampler}{steps}`` for each ``(w, steps, sampler)``, the calibration refitted with it
-    as training does. The cost check of each is kept in ``COST[name]``: fair CRPS of the draw and of
+    as training does; ``truth (case, y, x)`` mm/h of ``times``. The cost check of each is kept in ``COST[name]``: fair CRPS of the draw and of
     the ``ref_steps`` midpoint draw (same weight, knots and noise) on ``ref_cases`` spread cases."""
     from qpe_core.report.mission import crps_of
     from qpe_core.training.train import _calibrate
@@ -285,9 +285,8 @@ def guidance_variants(model, arc, times, ys, xs, members, settings, ref_steps=64
         print(f"case {k} {t}", flush=True, file=sys.stderr)
     obj.guidance, obj.default_steps, obj.default_sampler, obj.spread_knots = saved
     variants = {n: np.stack(v) for n, v in variants.items()}
-    truth = np.stack([arc.read_truth(times[i])[ys, xs] for i in ref_idx])
     for name, ref in refs.items():
-        COST[name] = {"crps": crps_of(truth, variants[name][ref_idx]), "crps_ref": crps_of(truth, np.stack(ref)),
+        COST[name] = {"crps": crps_of(truth[ref_idx], variants[name][ref_idx]), "crps_ref": crps_of(truth[ref_idx], np.stack(ref)),
                       "ref_steps": ref_steps, "cases": len(ref_idx)}
     return variants
 

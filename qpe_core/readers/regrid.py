@@ -44,7 +44,7 @@ from pyproj import CRS, Transformer
 from pyresample.geometry import AreaDefinition, SwathDefinition
 from scipy.spatial import cKDTree
 
-from qpe_core.atomic import write_atomically
+from qpe_core.atomic import write_stream_atomically
 from qpe_core.grids import get_area
 
 INDEX_VERSION = "regrid-v1"
@@ -326,13 +326,9 @@ def _load_index(cache_dir, key: str) -> RegridIndex | None:
 
 
 def _save_index(cache_dir, key: str, index: RegridIndex) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:  # a file, not a name: numpy would append .npz to the name
-            np.savez(fh, method=index.method, window=np.array(index.window), src=index.src, tgt=index.tgt,
-                     n_total=index.n_total, source_shape=np.array(index.source_shape),
-                     target_shape=np.array(index.target_shape))
-
-    write_atomically(_cache_path(Path(cache_dir), key), write)
+    write_stream_atomically(_cache_path(Path(cache_dir), key), lambda fh: np.savez(
+        fh, method=index.method, window=np.array(index.window), src=index.src, tgt=index.tgt, n_total=index.n_total,
+        source_shape=np.array(index.source_shape), target_shape=np.array(index.target_shape)))
 
 
 def clear_memory_cache() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from pyproj import Transformer
 from pyresample.geometry import AreaDefinition
 
-from qpe_core.atomic import write_atomically
+from qpe_core.atomic import write_stream_atomically
 
 LUT_VERSION = 1
 _MEMO: dict[str, "NearestLUT"] = {}
@@ -139,8 +139,4 @@ def clear_memory_cache() -> None:
 
 
 def _save_atomic(path: Path, index: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:  # a file, not a name: numpy would append .npy to the name
-            np.save(fh, index, allow_pickle=False)
-
-    write_atomically(path, write)
+    write_stream_atomically(path, lambda fh: np.save(fh, index, allow_pickle=False))

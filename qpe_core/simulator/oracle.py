@@ -119,7 +119,7 @@ def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, d
     and each case's ratio (``max_ratio``, draw-major lists), each draw's fair CRPS (mm/h) and each
     draw's FSS at 1 mm/h on the grid scale nearest 24 km of member 0 and mean over its members
     (``fss_member0``, ``fss_member_mean``: what the mission's member check asks of a model)."""
-    from qpe_core.evaluation import window_slices
+    from qpe_core.evaluation import pixel_km_of, scale_px, window_slices
     from qpe_core.grids import get_spec, lonlats
     from qpe_core.simulator import Simulator
 
@@ -129,8 +129,8 @@ def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, d
     case_max = np.full((draws, len(times)), np.nan)
     crps = [CRPSAccumulator([1]) for _ in range(draws)]
     names = [f"m{j}" for j in range(members)]
-    scale_px = max(1, round(24.0 / (0.5 * sum(spec.resolution_m) / 1000.0)))
-    fss = [FSSAccumulator(names, ["thr"], [scale_px]) for _ in range(draws)]
+    scale_24 = scale_px(24.0, pixel_km_of(area))
+    fss = [FSSAccumulator(names, ["thr"], [scale_24]) for _ in range(draws)]
     for seg in segments:
         t0 = pd.Timestamp(seg.start)
         k = np.flatnonzero((times >= t0) & (times < t0 + pd.Timedelta(minutes=15 * seg.periods)))
@@ -154,4 +154,4 @@ def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, d
     return {"draws": draws, "members": members, "case_max": case_max.tolist(), "truth_max": truth_max.tolist(),
             "max_ratio": (case_max / truth_max).tolist(), "crps_fair": [c.compute()["fair_1x1"] for c in crps],
             "fss_member0": [float(f.fss(names[0])[0, 0]) for f in fss],
-            "fss_member_mean": [float(np.mean([f.fss(n)[0, 0] for n in names])) for f in fss], "fss_scale_px": scale_px}
+            "fss_member_mean": [float(np.mean([f.fss(n)[0, 0] for n in names])) for f in fss], "fss_scale_px": scale_24}
