@@ -23,16 +23,15 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
 import tempfile
-import threading
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 from filelock import FileLock
 
+from qpe_core.atomic import write_bytes_atomically
 from qpe_core.sources.base import SourceError
 
 LOG = logging.getLogger("qpe_core.sources")
@@ -159,12 +158,8 @@ class GranuleCache:
 
     def _write_json(self, collection: str, slot: pd.Timestamp, name: str, data: dict) -> None:
         raw = json.dumps(data, indent=1).encode()
-        local = self.local_root / self.slot_key(collection, slot) / name
-        local.parent.mkdir(parents=True, exist_ok=True)
         # a temporary name of its own: threads of one process may write the same manifest at once
-        tmp = local.with_name(f"{local.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-        tmp.write_bytes(raw)
-        tmp.replace(local)
+        write_bytes_atomically(self.local_root / self.slot_key(collection, slot) / name, raw)
         if self.remote:
             self.fs.pipe_file(self._remote(collection, slot, name), raw)
 
