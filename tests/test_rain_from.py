@@ -15,7 +15,8 @@ from conftest import SHARED, run_qpe
 from qpe_core.archive import Archive
 from qpe_core.errors import QpeError
 from qpe_core.simulate_archive import open_rain_pair, rain_from_archive, rain_slots
-from qpe_core.simulator.fields import FieldParams, lognormal_excess
+from qpe_core.simulator.fields import FieldParams
+from qpe_core.simulator.spectral import lognormal_excess
 from qpe_core.simulator.radiance import CloudParams
 from qpe_core.simulator.rain_driven import fill_holes, latent_from_rain, simulate_from_rain
 from qpe_core.slots import radar_slot

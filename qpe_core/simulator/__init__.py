@@ -27,7 +27,8 @@ import xarray as xr
 
 from qpe_core.config import DEFAULT_CHANNELS
 from qpe_core.grids import get_spec, lonlats
-from qpe_core.simulator.fields import Dynamics, FieldParams, power_law_amplitude, wavenumbers
+from qpe_core.simulator.fields import Dynamics, FieldParams
+from qpe_core.simulator.spectral import power_law_amplitude, wavenumbers
 from qpe_core.simulator.radiance import (CHANNELS, CloudParams, Geometry, RadianceModel, cloud_layers,
                                          convective_forcing, thermal_state)
 from qpe_core.slots import radar_slot, seviri_slot

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from qpe_core.errors import QpeError
-from qpe_core.simulator.fields import (EFFICIENCY, LATENTS, fast_normal, lognormal_excess, lognormal_ranked,
-                                       power_law_amplitude, wavenumbers)
+from qpe_core.simulator.fields import EFFICIENCY, LATENTS
+from qpe_core.simulator.spectral import (fast_normal, lognormal_excess, lognormal_ranked, power_law_amplitude,
+                                         wavenumbers)
 from qpe_core.timeutil import slot_range
 from qpe_core.verification.ensemble import CRPSAccumulator
 from qpe_core.verification.spatial import FSSAccumulator

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from qpe_core.simulator.fields import Advector, FieldParams, FieldState, fast_normal
+from qpe_core.simulator.fields import FieldParams, FieldState
+from qpe_core.simulator.spectral import Advector, fast_normal
 
 PLANCK_C1 = 1.191042e-5        # mW m-2 sr-1 cm4
 PLANCK_C2 = 1.4387752          # cm K

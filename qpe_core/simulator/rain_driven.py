@@ -15,7 +15,7 @@ diurnal and latitudinal surface, parallax, the two-layer radiative model and sen
   ``R - 5 mm/h`` (5 mm/h ~ 36 dBZ, the usual convective/stratiform boundary, between the
   simulator's stratiform median 1.2 and convective median 6 mm/h).
 * Convective latent of one frame: the exact inverse of the simulator's convective mapping
-  (:func:`.fields.lognormal_excess`, threshold ``conv_rain_thr``, with the simulator's own random
+  (:func:`.spectral.lognormal_excess`, threshold ``conv_rain_thr``, with the simulator's own random
   per-pixel precipitation efficiency, invisible to IR); a radar pixel without convective rain
   counts as at the threshold.
 * Lead: the simulator's rain follows its updraft by ``rain_lead_min`` = 20 min (at 15-minute
@@ -74,7 +74,7 @@ Frame = np.ndarray | None             # rain (H, W) mm/h, NaN = no radar; None =
 
 
 def latent_from_rain(rain, z0: float, mu, sigma: float) -> np.ndarray:
-    """Inverse of :func:`.fields.lognormal_excess`: the latent (std units, > ``z0``) that the simulator
+    """Inverse of :func:`.spectral.lognormal_excess`: the latent (std units, > ``z0``) that the simulator
     maps to ``rain`` (mm/h, > 0) with threshold ``z0``, log-median ``mu`` (scalar or array like
     ``rain``) and log-sd ``sigma``; ``rain -> 0`` gives ``z0``."""
     r = np.asarray(rain, dtype=np.float64)

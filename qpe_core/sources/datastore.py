@@ -34,26 +34,25 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 import requests
-import eumdac.request
 import urllib3
 from eumdac.datastore import DataStore
 from eumdac.errors import EumdacError
-from eumdac.token import AccessToken, HTTPBearerAuth, URLs
+from eumdac.token import URLs
 from pydantic import SecretStr
 
 from qpe_core.config import Settings, load_settings
 from qpe_core.errors import ConfigError
-from qpe_core.sources.base import (DOWNLOADS, REDACTOR, DownloadError, DownloadTimeout, GranuleRef, GranuleSource,
-                                   SourceError, bounded_call, content_range, retry_after_seconds,
-                                   set_read_timeout)
+from qpe_core.sources.base import (DOWNLOADS, DownloadError, DownloadTimeout, GranuleRef, GranuleSource,
+                                   SourceError, content_range, set_read_timeout)
 from qpe_core.sources.cache import GranuleCache, as_cache, check_granule, file_md5
+from qpe_core.sources.eumdac_io import (Token, Transient, block_secret, bounded, classify, redact_credentials,
+                                        secret_value)
 from qpe_core.timeutil import iso
 
 LOG = logging.getLogger("qpe_core.sources")
@@ -61,136 +60,6 @@ ZERO_DEG = "EO:EUM:DAT:MSG:HRSEVIRI"
 RSS = "EO:EUM:DAT:MSG:MSG15-RSS"
 #: Scan cadence of each collection, minutes.
 CADENCE = {ZERO_DEG: 15, RSS: 5}
-_RETRY_STATUS = {429, 500, 502, 503, 504}
-
-
-# ----------------------------------------------------------------------------- eumdac plumbing
-
-_LAST = threading.local()  # Retry-After of the last response seen by this thread
-
-
-class _RetryWithinTimeout(eumdac.request.RetryAndLog):
-    """eumdac's urllib3 retry policy, except that a ``Retry-After`` longer than half the
-    per-request timeout of the calling thread is not slept inside eumdac: the response goes
-    back to :class:`DataStoreSource`, which waits (or gives up beyond ``max_retry_after_s``)
-    itself.  Without this, urllib3 sleeps whatever the server asks (up to 6 h) in a request
-    that :func:`bounded_call` has abandoned, and that keeps a download slot meanwhile."""
-
-    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
-        if response is not None and self.respect_retry_after_header:
-            header = response.headers.get("Retry-After")
-            wait = retry_after_seconds(header)
-            if wait is not None and wait > getattr(_LAST, "inline_retry_after_s", 30.0):
-                raise urllib3.exceptions.MaxRetryError(_pool, url, f"Retry-After {header} left to the caller")
-        return super().increment(method, url, response, error, _pool, _stacktrace)
-
-
-eumdac.request.RetryAndLog = _RetryWithinTimeout  # what eumdac.request._get_adapter builds per request
-
-
-class _HookedBearer(HTTPBearerAuth):
-    """Bearer auth that also records ``Retry-After`` of the final response (per thread)."""
-
-    def __call__(self, request):
-        request.register_hook("response", lambda r, *a, **k: setattr(
-            _LAST, "retry_after", retry_after_seconds(r.headers.get("Retry-After"))))
-        return super().__call__(request)
-
-
-class _Token(AccessToken):
-    """eumdac token whose values go to the log redactor, that can be invalidated
-    (after a 401) and whose requests record ``Retry-After``."""
-
-    def _update_token_data(self) -> None:
-        try:
-            super()._update_token_data()
-        except requests.HTTPError as exc:
-            status, url = exc.response.status_code, self.urls.get("token", "token")
-            if status in _RETRY_STATUS:
-                raise _Transient(f"token request to {url}: HTTP {status}",
-                                 retry_after_seconds(exc.response.headers.get("Retry-After"))) from None
-            raise SourceError(f"token request to {url} refused (HTTP {status}): check "
-                              "EUMETSAT_CONSUMER_KEY / EUMETSAT_CONSUMER_SECRET") from None
-        REDACTOR.add(self._access_token)
-
-    def invalidate(self) -> None:
-        self._expiration = 0
-
-    @property
-    def auth(self):
-        return _HookedBearer(self.access_token)
-
-
-class _Transient(Exception):
-    """A failure worth retrying; ``retry_after`` (s) when the server said so."""
-
-    def __init__(self, reason: str, retry_after: float | None = None, auth: bool = False,
-                 timeout: bool = False, abandoned: bool = False):
-        super().__init__(reason)
-        self.retry_after, self.auth, self.timeout, self.abandoned = retry_after, auth, timeout, abandoned
-
-
-def _classify(exc: BaseException, retry_after: float | None) -> BaseException:
-    """A :class:`_Transient` for retryable failures, else a :class:`SourceError`."""
-    if isinstance(exc, EumdacError):
-        status, reason = (exc.extra_info or {}).get("status"), str(exc).splitlines()[0][:300]
-        if status == 401:
-            return _Transient(f"{reason} (token rejected)", auth=True)
-        return _Transient(f"HTTP {status}: {reason}", retry_after) if status in _RETRY_STATUS else SourceError(reason)
-    if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError, OSError)):
-        timeout = isinstance(exc, (TimeoutError, urllib3.exceptions.TimeoutError, requests.Timeout))
-        return _Transient(f"{type(exc).__name__}: {str(exc)[:300]}", timeout=timeout)
-    return exc  # _Transient, SourceError and bugs as they are
-
-
-#: thread id -> monotonic time (s) of its last eumdac log record: eumdac logs each of
-#: its internal retries, which therefore do not count as a stall.
-_ACTIVE: dict[int, float] = {}
-logging.getLogger("eumdac").addFilter(lambda record: _ACTIVE.__setitem__(record.thread, time.monotonic()) or True)
-
-
-def _bounded(fn: Callable, timeout: float, on_late: Callable | None = None):
-    """:func:`bounded_call` of an eumdac call: failures come back classified,
-    ``timeout`` s without activity (eumdac logs its own retries) abandon it."""
-    def run():
-        _LAST.retry_after = None
-        _LAST.inline_retry_after_s = timeout / 2
-        try:
-            return fn()
-        except BaseException as exc:
-            raise _classify(exc, getattr(_LAST, "retry_after", None)) from None
-        finally:
-            _ACTIVE.pop(threading.get_ident(), None)
-
-    return bounded_call(run, timeout, on_late, _ACTIVE,
-                        lambda: _Transient(f"no answer within {timeout:g} s", timeout=True, abandoned=True))
-
-
-def _secret(value) -> str | None:
-    return value.get_secret_value() if isinstance(value, SecretStr) else (None if value is None else str(value))
-
-
-def block_secret(name: str) -> str:
-    """The value of the Prefect Secret block ``name`` (registered with the log redactor);
-    :class:`ConfigError` naming the block, never the value, when it cannot be read."""
-    from prefect.blocks.system import Secret
-
-    try:
-        value = Secret.load(name).get()
-    except Exception as exc:  # not found, no API, wrong block type
-        raise ConfigError(f"Prefect Secret block {name!r} cannot be read ({type(exc).__name__}): create it "
-                          "(prefect.blocks.system.Secret) or set the credential in the environment") from None
-    value = value if isinstance(value, str) else str(value)
-    REDACTOR.add(value)
-    return value
-
-
-def _redact_credentials(key: str, secret: str) -> None:
-    """Register the credentials and their encoded forms (HTTP Basic: base64 of key:secret)."""
-    import base64
-
-    encoded = [base64.b64encode(s.encode()).decode() for s in (key, secret, f"{key}:{secret}")]
-    REDACTOR.add(key, secret, *encoded, *(e.rstrip("=") for e in encoded))
 
 
 # ----------------------------------------------------------------------------- the source
@@ -218,8 +87,8 @@ class DataStoreSource(GranuleSource):
                  backoff_max_s: float = 60.0, max_retry_after_s: float = 900.0):
         need = None in (consumer_key, consumer_secret, slot_minutes, cache)
         cfg = settings if settings is not None else (load_settings() if need else None)
-        key = _secret(consumer_key if consumer_key is not None else cfg.eumetsat_consumer_key)
-        secret = _secret(consumer_secret if consumer_secret is not None else cfg.eumetsat_consumer_secret)
+        key = secret_value(consumer_key if consumer_key is not None else cfg.eumetsat_consumer_key)
+        secret = secret_value(consumer_secret if consumer_secret is not None else cfg.eumetsat_consumer_secret)
         if not key and cfg is not None and cfg.eumetsat_key_block:
             key = block_secret(cfg.eumetsat_key_block)
         if not secret and cfg is not None and cfg.eumetsat_secret_block:
@@ -228,7 +97,7 @@ class DataStoreSource(GranuleSource):
             raise ConfigError("EUMETSAT Data Store credentials missing: set EUMETSAT_CONSUMER_KEY and "
                               "EUMETSAT_CONSUMER_SECRET (or QPE_EUMETSAT_CONSUMER_KEY / _SECRET), or name "
                               "Prefect Secret blocks (QPE_EUMETSAT_KEY_BLOCK / QPE_EUMETSAT_SECRET_BLOCK)")
-        _redact_credentials(key, secret)
+        redact_credentials(key, secret)
         api_url = api_url or (cfg.eumetsat_api_url if cfg is not None and urls_ini is None else None)
         if urls_ini is not None and not Path(urls_ini).is_file():
             raise ConfigError(f"eumdac endpoints file {urls_ini} does not exist")
@@ -245,7 +114,7 @@ class DataStoreSource(GranuleSource):
         self.timeout, self.max_attempts = float(timeout), int(max_attempts)
         self.backoff_s, self.backoff_max_s = float(backoff_s), float(backoff_max_s)
         self.max_retry_after_s = float(max_retry_after_s)
-        self._token = _Token((key, secret), urls=urls)
+        self._token = Token((key, secret), urls=urls)
         self._datastore = DataStore(self._token)
 
     def __repr__(self) -> str:
@@ -309,7 +178,7 @@ class DataStoreSource(GranuleSource):
             return [self._ref(collection, slot, p) for p in found]
 
         what = f"search of {collection} for slot {iso(slot)}"
-        refs = self._with_retries(lambda: _bounded(run, self.timeout), what, SourceError)
+        refs = self._with_retries(lambda: bounded(run, self.timeout), what, SourceError)
         refs = [r for r in refs if r.sensing_start is not None and r.sensing_start.floor(f"{cadence}min") == slot]
         return sorted(refs, key=lambda r: r.sensing_start)[:1]
 
@@ -326,11 +195,11 @@ class DataStoreSource(GranuleSource):
     # -- retries
     def _with_retries(self, attempt: Callable, what: str, fail: type[SourceError]):
         """``attempt()`` up to ``max_attempts`` times while it fails transiently."""
-        last: _Transient | None = None
+        last: Transient | None = None
         for n in range(1, self.max_attempts + 1):
             try:
                 return attempt()
-            except _Transient as exc:
+            except Transient as exc:
                 last = exc
                 LOG.warning("%s: attempt %d/%d failed: %s", what, n, self.max_attempts, exc)
                 if n < self.max_attempts:
@@ -338,7 +207,7 @@ class DataStoreSource(GranuleSource):
         cls = DownloadTimeout if last.timeout and issubclass(fail, DownloadError) else fail
         raise cls(f"{what}: gave up after {self.max_attempts} attempt(s): {last}")
 
-    def _pause(self, exc: _Transient, n: int, what: str, fail: type[SourceError]) -> None:
+    def _pause(self, exc: Transient, n: int, what: str, fail: type[SourceError]) -> None:
         if exc.auth:
             self._token.invalidate()  # a fresh token on the next request, no wait
             return
@@ -382,7 +251,7 @@ class DataStoreSource(GranuleSource):
 
     def _download_once(self, ref: GranuleRef, part: Path) -> int:
         """One download request into ``part`` (resumed with Range when it holds bytes);
-        returns the size (bytes).  Raises :class:`_Transient` on retryable failures."""
+        returns the size (bytes).  Raises :class:`Transient` on retryable failures."""
         offset = part.stat().st_size if part.exists() else 0
         cm, raw = self._open(ref, part, offset)  # holds a download slot
         total = None
@@ -400,17 +269,17 @@ class DataStoreSource(GranuleSource):
                                             "(local disk full or file size limit); the bytes written "
                                             "so far are kept to resume") from None
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-            failure = _classify(exc, None)
+            failure = classify(exc, None)
             if total is not None and not failure.timeout:
                 size = part.stat().st_size if part.exists() else 0
-                failure = _Transient(f"truncated download: {size} of {total} bytes ({type(exc).__name__})")
+                failure = Transient(f"truncated download: {size} of {total} bytes ({type(exc).__name__})")
             raise failure from None
         finally:
             cm.__exit__(None, None, None)
             DOWNLOADS.release()
         size = part.stat().st_size
         if total is not None and size != total:
-            raise _Transient(f"truncated download: {size} of {total} bytes")
+            raise Transient(f"truncated download: {size} of {total} bytes")
         return size
 
     def _open(self, ref: GranuleRef, part: Path, offset: int):
@@ -435,7 +304,7 @@ class DataStoreSource(GranuleSource):
 
         DOWNLOADS.acquire()
         try:
-            opened = _bounded(open_stream, self.timeout, late)
+            opened = bounded(open_stream, self.timeout, late)
         except BaseException as exc:
             if not getattr(exc, "abandoned", False):
                 DOWNLOADS.release()
@@ -443,7 +312,7 @@ class DataStoreSource(GranuleSource):
         if opened is None:
             DOWNLOADS.release()
             part.unlink(missing_ok=True)
-            raise _Transient(f"the server cannot resume from byte {offset}; starting over")
+            raise Transient(f"the server cannot resume from byte {offset}; starting over")
         return opened
 
     @staticmethod
@@ -453,7 +322,7 @@ class DataStoreSource(GranuleSource):
             start, total = content_range(raw.headers.get("Content-Range"))
             if start != offset:
                 part.unlink(missing_ok=True)
-                raise _Transient(f"server resumed at byte {start}, asked {offset}; starting over")
+                raise Transient(f"server resumed at byte {start}, asked {offset}; starting over")
             LOG.info("%s: resuming at byte %d of %s", ref.label, offset, total)
             return total, offset
         if offset:
