@@ -9,7 +9,9 @@ them), central window and members as the study's profile, and scores the variant
 study's own scoring (wet fraction, q99, spectrum, FSS, spread/skill, CRPS, per-case maxima):
 
 * ``cascade-flow``: the residual is drawn once and composed with every clip quantile (each with the
-  calibration refitted after its clip, as training does);
+  calibration refitted after its clip, as training does); ``--clips Q/TAIL/DRY/wet``: the quantile,
+  its tail-bin and floored-bin (dry mean) values, and ``wet`` for the floored bins' wet-probability
+  calibration (``CascadeFlow.dry_clip_quantile``, ``calibrate_dry``);
 * ``cascade-flow --rhos 1,2,3``: the midpoint time grid (``CascadeFlow.time_rho``): for each rho the
   calibration is refitted with that grid (as training does) and the 4-step draw is scored beside the
   64-step draw composed with the same knots (the study's cost check, on validation cases);
@@ -18,6 +20,9 @@ study's own scoring (wet fraction, q99, spectrum, FSS, spread/skill, CRPS, per-c
   with that sampler (as training does) and the draw is scored beside the ``--ref-steps`` draw of the
   same weight on ``--ref-cases`` cases (the cost check);
 * ``ddpm``: each sampler setting is a separate draw.
+
+``--held-out`` draws the study's own held-out cases instead, to report on them a setting already
+chosen on validation (the file name says ``held-out``).
 
 Prints one line per variant and writes ``STUDY/validation/MODEL.json``. Rain in mm/h.
 """
@@ -101,12 +106,14 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--variants", default="", help="comma-separated DDPM variants to draw (default: all)")
-    ap.add_argument("--clips", default="", help="cascade clip variants as Q or Q/TAIL, comma-separated "
-                    "(default: all of CLIPS), e.g. 0.98/0.9,0.99/0.9")
+    ap.add_argument("--clips", default="", help="cascade clip variants as Q, Q/TAIL or Q/TAIL/DRY (an empty "
+                    "TAIL = Q), comma-separated (default: all of CLIPS), e.g. 0.98/0.9,0.98//0.999")
     ap.add_argument("--rhos", default="", help="cascade midpoint time grids to compare with 64 steps, e.g. 1,2,3")
     ap.add_argument("--guidances", default="", help="cascade guidance variants W:STEPS:SAMPLER, e.g. 1:4:midpoint,2:2:midpoint")
     ap.add_argument("--ref-steps", type=int, default=64)
     ap.add_argument("--ref-cases", type=int, default=6, help="cases of the --guidances cost reference")
+    ap.add_argument("--held-out", action="store_true", help="draw the study's own held-out cases instead "
+                    "(STUDY/ensembles/truth.npz): to REPORT a setting chosen on validation, never to choose one")
     args = ap.parse_args(argv)
     only = {v for v in args.variants.split(",") if v}
     from qpe_core.study import PROFILES
@@ -115,7 +122,10 @@ def main(argv=None) -> int:
     from _study_files import save_validation
 
     prof = PROFILES[args.profile]
-    times = validation_cases(args.study, args.model, args.cases)
+    if args.held_out:
+        times = pd.DatetimeIndex(np.load(args.study / "ensembles" / "truth.npz")["times"])
+    else:
+        times = validation_cases(args.study, args.model, args.cases)
     arc, ys, xs, truth = _inputs(args.study, prof, times)
     torch.set_grad_enabled(False)
     model = load_checkpoint(args.study / "ck" / args.model, "cpu")
@@ -126,8 +136,7 @@ def main(argv=None) -> int:
         variants = rho_variants(model, arc, times, ys, xs, prof.members,
                                 [float(r) for r in args.rhos.split(",")], args.ref_steps)
     elif model.card["kind"] == "cascade-flow":
-        clips = tuple((float(c.split("/")[0]), float(c.split("/")[1]) if "/" in c else None)
-                      for c in args.clips.split(",") if c) or CLIPS
+        clips = tuple(_clip(c) for c in args.clips.split(",") if c) or CLIPS
         variants = cascade_variants(model, arc, times, ys, xs, prof.members, clips)
     else:
         variants = ddpm_variants(model, arc, times, ys, xs, prof.members, only)
@@ -143,7 +152,7 @@ def main(argv=None) -> int:
                 print(f"  case {i}: truth max {np.nanmax(truth[i]):.1f}, member max {f[i][j]:.1f}, "
                       f"mean there {MEANS[i][j[1:]]:.1f}, truth there {truth[i][j[1:]]:.1f}, "
                       f"mean max {np.nanmax(MEANS[i]):.1f}")
-    name = "-".join([args.model, *sorted(only), *([args.clips.replace("/", "t")] if args.clips else []),
+    name = "-".join([args.model, *(["held-out"] if args.held_out else []), *sorted(only), *([args.clips.replace("/", "t")] if args.clips else []),
                      *([f"rho{args.rhos}"] if args.rhos else []),
                      *([f"cfg{args.guidances.replace(':', '_')}"] if args.guidances else [])])  # a subset: own file
     save_validation(args.study, name, {"times": [str(t) for t in times], "variants": res})
@@ -176,6 +185,13 @@ CLIPS = ((0.999, None), (0.995, None), (0.99, None), (0.98, None), (0.97, None),
          (0.98, 0.95), (0.98, 0.9), (0.98, 0.8), (0.99, 0.9), (0.995, 0.9))
 
 
+def _clip(text: str) -> tuple:
+    """``Q[/TAIL[/DRY[/wet]]]`` -> (clip_quantile, tail_clip_quantile, dry_clip_quantile, calibrate_dry);
+    empty = None; ``wet``: the floored bins calibrated to the held-out wet probability."""
+    parts = (text.split("/") + ["", "", ""])[:4]
+    return (float(parts[0]), *(float(p) if p else None for p in parts[1:3]), parts[3] == "wet")
+
+
 def clip_variants(model, patches=(256,), clips=CLIPS) -> dict:
     """``{name: (clip_knots, spread_knots)}``: the clip refitted on the validation patches at other
     quantiles, and the calibration refitted after it as training does (``train._calibrate``, same
@@ -183,16 +199,20 @@ def clip_variants(model, patches=(256,), clips=CLIPS) -> dict:
     from qpe_core.training.train import _calibrate
 
     obj, out = model.objective, {}
-    saved = (obj.clip_knots, obj.clip_quantile, obj.tail_clip_quantile, obj.spread_knots)
+    keys = ("clip_knots", "clip_quantile", "tail_clip_quantile", "dry_clip_quantile", "calibrate_dry", "spread_knots")
+    saved = {k: getattr(obj, k) for k in keys}
     for n in patches:
         val = fit_patches(model, n)
-        for q, qt in clips:
-            obj.clip_quantile, obj.tail_clip_quantile = q, qt
+        for q, qt, *rest in clips:
+            qd, wet = (rest + [None, False])[:2]
+            obj.clip_quantile, obj.tail_clip_quantile, obj.dry_clip_quantile, obj.calibrate_dry = q, qt, qd, wet
             obj.fit_clip({"mean": model.nets["mean"]}, *val)
             _calibrate(obj, model.nets, val, "cpu", model.card["config"]["seed"])
-            out[f"clip-q{q}" + (f"-tail{qt}" if qt else "") + f"-{n}p"] = (obj.clip_knots, obj.spread_knots)
-            print("clip", n, q, qt, [round(k[2], 2) for k in obj.clip_knots[-6:]], flush=True, file=sys.stderr)
-    obj.clip_knots, obj.clip_quantile, obj.tail_clip_quantile, obj.spread_knots = saved
+            name = f"clip-q{q}" + (f"-tail{qt}" if qt else "") + (f"-dry{qd}" if qd else "") + ("-wet" if wet else "")
+            out[name + f"-{n}p"] = (obj.clip_knots, obj.spread_knots)
+            print("clip", n, q, qt, qd, wet, [round(k[1], 2) for k in obj.spread_knots[:4]], flush=True, file=sys.stderr)
+    for k, v in saved.items():
+        setattr(obj, k, v)
     return out
 
 

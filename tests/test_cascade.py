@@ -247,3 +247,53 @@ def test_tail_clip_quantile_tightens_only_the_top_four_percent():
     assert make_objective(**tight.config()).config() == tight.config()
     with pytest.raises(ValueError, match="tail_clip_quantile"):
         CascadeFlow(tail_clip_quantile=0.3)
+
+
+def test_dry_clip_quantile_lets_the_flow_draw_showers_the_mean_misses():
+    # half the pixels: mean ~ dry (-1.5), truth dry but for 1 % showers at 1.7 mm/h (y = 0); half wet
+    g = gen(13)
+    dry = torch.zeros(8, 1, 64, 64, dtype=torch.bool)
+    dry[..., :32] = True
+    m = torch.where(dry, -1.5 + 0.01 * torch.rand(8, 1, 64, 64, generator=g),
+                    torch.rand(8, 1, 64, 64, generator=g) * 2.0 - 0.5)
+    shower = dry & (torch.rand(8, 1, 64, 64, generator=g) < 0.01)
+    y = torch.where(dry, torch.where(shower, 0.0, -1.5), m + 0.5 * torch.randn(8, 1, 64, 64, generator=g))
+    nets, cond = {"mean": ConstantField(m)}, torch.zeros(8, 2, 64, 64)
+    base = CascadeFlow(scale_bins=8, tail_bins=0, dry_clip_quantile=None)  # the bulk's 98 % everywhere
+    open_ = CascadeFlow(scale_bins=8, tail_bins=0)  # the default: 100 % in the floored bins
+    base.fit_residual_std(nets, cond, y)
+    open_.fit_residual_std(nets, cond, y)
+    floored = [i for i, k in enumerate(base.scale_knots) if k[1] <= base.scale_floor]
+    assert floored and len(floored) < len(base.scale_knots)  # the dry bins, and wet ones
+    for i in floored:  # 98 %: the dry value itself, no shower; 100 %: the showers' u (1.5 / 0.25 = 6)
+        assert base.clip_knots[i][2] < 0.1 and open_.clip_knots[i][2] > 5.5
+    wet = [i for i in range(len(base.clip_knots)) if i not in floored]
+    assert [base.clip_knots[i] for i in wet] == [open_.clip_knots[i] for i in wet]
+    flow = {"mean": ConstantField(m[:2]), "flow": OracleGaussianFlow(3.0, 1.0)}  # u ~ N(3, 1): showers
+    for obj, expect in ((base, 0.0), (open_, 0.5)):
+        out = obj.sample(flow, cond[:2], members=2, steps=4, generator=gen(14))
+        drawn_wet = (out > -1.155)[dry[:2].expand(-1, 2, -1, -1)].float().mean()
+        assert (drawn_wet > expect) if expect else drawn_wet == 0
+    assert make_objective(**open_.config()).config() == open_.config()
+    with pytest.raises(ValueError, match="dry_clip_quantile"):
+        CascadeFlow(dry_clip_quantile=0.2)
+
+
+def test_calibrate_dry_draws_showers_where_the_mean_is_dry_as_often_as_held_out():
+    # mean ~ dry everywhere, 1 % of held-out pixels wet (1.7 mm/h); the flow draws u ~ N(0, 1), which
+    # crosses the wet cut ((-1.155 + 1.5) / 0.25 = 1.4 sigma) on ~8 % of pixels
+    g = gen(15)
+    m = -1.5 + 0.01 * torch.rand(16, 1, 64, 64, generator=g)
+    y = torch.where(torch.rand(16, 1, 64, 64, generator=g) < 0.01, 0.0, -1.5)
+    cond = torch.zeros(16, 2, 64, 64)
+    nets = {"mean": ConstantField(m), "flow": OracleGaussianFlow(0.0, 1.0)}
+    wet = {}
+    for flag in (False, True):
+        obj = CascadeFlow(scale_bins=4, tail_bins=0, dry_clip_quantile=1.0, calibrate_dry=flag)
+        obj.fit_residual_std({"mean": nets["mean"]}, cond, y)
+        assert all(k[1] <= obj.scale_floor for k in obj.scale_knots)  # every bin floored
+        obj.calibrate(nets, cond, y, generator=gen(16))
+        out = obj.sample({"mean": ConstantField(m[:4]), "flow": nets["flow"]}, cond[:4], members=4, generator=gen(17))
+        wet[flag] = float((out > -1.155).float().mean())
+    assert 0.06 < wet[False] < 0.11 and 0.006 < wet[True] < 0.014
+    assert make_objective(**obj.config()).config() == obj.config()
