@@ -390,12 +390,13 @@ def deploy(
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
-from qpe_core.cli_study import study_cmd  # noqa: E402  (its own module: cli.py stays short)
+from qpe_core.cli_study import recalibrate_cmd, study_cmd  # noqa: E402  (its own module: cli.py stays short)
 
 from qpe_core.cli_realism import realism_cmd  # noqa: E402
 from qpe_core.cli_simulate import simulate_cmd  # noqa: E402
 
 app.command("study")(study_cmd)
+app.command("recalibrate")(recalibrate_cmd)
 app.command("realism")(realism_cmd)
 app.command("simulate")(simulate_cmd)
 

@@ -42,3 +42,22 @@ def study_cmd(
     out.print(text[text.index("## Mission checks"):], markup=False)
     out.print(f"report: {out_dir / 'report' / 'report.md'}; checks "
               + ", ".join(f"{n} {m['held']}/{m['total']}" for n, m in metrics["mission"].items()), markup=False)
+
+
+def recalibrate_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="a cascade-flow checkpoint directory")],
+    archive: Annotated[str, typer.Option(help="archive cube with radar over the period")],
+    start: Annotated[str, typer.Option(help="first valid time of the period (UTC, ISO 8601)")],
+    end: Annotated[str, typer.Option(help="last valid time of the period (UTC, ISO 8601)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="new checkpoint directory (never the input)")],
+    patches: Annotated[int, typer.Option(help="random patches of the period to fit on")] = 256,
+    seed: Annotated[int, typer.Option(help="patch and draw seed")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+):
+    """Refit a cascade's clip and spread calibration on another period's radar, without retraining."""
+    from qpe_core.cli import out
+    from qpe_core.training.recalibrate import recalibrate
+
+    entry = recalibrate(checkpoint, archive, start, end, out_dir, patches=patches, seed=seed, device=device)
+    out.print(f"{out_dir}: calibration refitted on {entry['slots']} slots {entry['start']} .. {entry['end']} "
+              f"({patches} patches); gains {entry['summary']['gain'][-7:]}", highlight=False)

@@ -142,7 +142,7 @@ def train_stage(profile: StudyProfile, archive: str, out: Path, progress: Progre
     processes sharing the device), and a cascade starts as soon as its U-Net is done."""
     from qpe_core.training.checkpoint import trained_to
 
-    specs = [s for s in profile.models if not trained_to(out / "ck" / s.name, profile.steps)]
+    specs = [s for s in profile.models if not s.recalibrate and not trained_to(out / "ck" / s.name, profile.steps)]
     unets = {s.name for s in profile.models if s.kind == "unet"}
     for s in profile.models:
         if s.kind == "cascade-flow" and s.mean not in unets:
@@ -150,7 +150,30 @@ def train_stage(profile: StudyProfile, archive: str, out: Path, progress: Progre
     seconds: dict[str, float] = {}
     if profile.parallel > 1 and len(specs) > 1:
         _train_parallel(profile, specs, archive, out, seconds)
-        return seconds
+    else:
+        _train_serial(profile, specs, archive, out, seconds, progress)
+    _recalibrate(profile, archive, out, seconds)
+    return seconds
+
+
+def _recalibrate(profile: StudyProfile, archive: str, out: Path, seconds: dict) -> None:
+    """Make each ``recalibrate`` model not yet made from its trained model (``ModelSpec.recalibrate``)."""
+    from qpe_core.training.recalibrate import recalibrate
+
+    cascades = {s.name for s in profile.models if s.kind == "cascade-flow" and not s.recalibrate}
+    for spec in profile.models:
+        r = spec.recalibrate
+        if r is None or (out / "ck" / spec.name / "card.json").is_file():
+            continue
+        if r.of not in cascades:
+            raise QpeError(f"{spec.name}: recalibrates {r.of!r}, not a trained cascade-flow of the study ({sorted(cascades)})")
+        t0 = time.perf_counter()
+        recalibrate(out / "ck" / r.of, archive, r.start, r.end, out / "ck" / spec.name, patches=r.patches,
+                    seed=profile.seed, device=profile.device)
+        seconds[spec.name] = time.perf_counter() - t0
+
+
+def _train_serial(profile: StudyProfile, specs: list, archive: str, out: Path, seconds: dict, progress) -> None:
     for spec in sorted(specs, key=lambda s: s.kind != "unet"):  # the cascade's frozen mean comes first
         t0 = time.perf_counter()
 
@@ -162,7 +185,6 @@ def train_stage(profile: StudyProfile, archive: str, out: Path, progress: Progre
 
         train(_train_config(profile, spec, archive, out), progress=step)
         seconds[spec.name] = time.perf_counter() - t0
-    return seconds
 
 
 def _train_parallel(profile, specs, archive, out, seconds) -> None:

@@ -24,7 +24,11 @@ def to_utc(value: str | dt.datetime | np.datetime64 | pd.Timestamp) -> pd.Timest
         raise QpeError(f"cannot parse time {value!r}")
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
-    return ts.as_unit("ns")
+    try:
+        return ts.as_unit("ns")
+    except ValueError:  # out of bounds: "June" parses as year 1
+        raise QpeError(f"cannot parse time {value!r}: expected ISO 8601, e.g. 2024-06-01T12:00Z "
+                       f"(read as {ts}, outside 1677-2262)") from None
 
 
 def floor_slot(value, minutes: int = SLOT_MINUTES) -> pd.Timestamp:

@@ -84,3 +84,15 @@ def test_device_setting(monkeypatch):
     monkeypatch.setenv("QPE_DEVICE", "tpu")
     with pytest.raises(ConfigError, match="device"):
         load_settings()
+
+
+def test_to_utc_names_the_value_it_cannot_read():
+    import pandas as pd
+
+    from qpe_core.errors import QpeError
+    from qpe_core.timeutil import to_utc
+
+    assert to_utc("2024-06-01T12:00+02:00") == pd.Timestamp("2024-06-01T10:00")
+    for bad in ("June", "tomorrow", "2024-13-01"):  # "June" parses as year 1, outside pandas' range
+        with pytest.raises(QpeError, match=f"cannot parse time '{bad}'"):
+            to_utc(bad)

@@ -412,3 +412,51 @@ def test_cpu_guidance_trains_as_the_cpu_study_but_for_the_condition_dropout(tmp_
     assert a == b and cfg.default == "cascade-flow-cfg"
     guided = make_objective("cascade-flow", **spec["cascade-flow-cfg"].objective)
     assert guided.cond_dropout > 0 and guided.guidance > 1 and guided.evals_per_member() == 8
+
+
+def test_a_recalibrated_model_is_made_from_its_trained_cascade_not_trained(tiny_study, tmp_path):
+    """A ``recalibrate`` spec: the trained cascade's checkpoint with its calibration refitted on the
+    named period (same weights), drawn and scored beside it; a re-run keeps it."""
+    import shutil
+
+    from qpe_core.study_profiles import Recalibration
+
+    out, _ = tiny_study
+    for name in ("unet", "cascade-flow"):
+        shutil.copytree(out / "ck" / name, tmp_path / "ck" / name)
+    recal = ModelSpec(name="cf-recal", kind="cascade-flow",
+                      recalibrate=Recalibration(of="cascade-flow", start="2024-06-01T02:00Z", end="2024-06-01T05:45Z",
+                                                patches=8))
+    prof = PROFILES["tiny"].model_copy(update={"models": [*PROFILES["tiny"].models[:2], recal], "oracle_draws": 0})
+    metrics = run_study(prof, tmp_path, archive=str(out / "archive.zarr"))
+    card = json.loads((tmp_path / "ck" / "cf-recal" / "card.json").read_text())
+    assert card["recalibrated"]["from"] == str(tmp_path / "ck" / "cascade-flow")
+    assert card["recalibrated"]["start"] >= "2024-06-01T02:00Z" and card["recalibrated"]["end"] <= "2024-06-01T05:45Z"
+    assert ((tmp_path / "ck" / "cf-recal" / "weights.safetensors").read_bytes()
+            == (tmp_path / "ck" / "cascade-flow" / "weights.safetensors").read_bytes())
+    assert "cf-recal" in metrics["mission"] and "| cf-recal |" in (tmp_path / "report" / "report.md").read_text()
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert "cf-recal" in saved["train_seconds"] and "cascade-flow" not in saved["train_seconds"]  # nothing trained
+    stamp = (tmp_path / "ck" / "cf-recal" / "card.json").stat().st_mtime_ns
+    run_study(prof, tmp_path, archive=str(out / "archive.zarr"))
+    assert (tmp_path / "ck" / "cf-recal" / "card.json").stat().st_mtime_ns == stamp
+    bad = prof.model_copy(update={"models": [*prof.models[:2], recal.model_copy(update={
+        "name": "u-recal", "recalibrate": Recalibration(of="unet", start="2024-06-01T02:00Z", end="2024-06-01T05:45Z")})]})
+    with pytest.raises(QpeError, match="u-recal: recalibrates 'unet', not a trained cascade-flow"):
+        run_study(bad, tmp_path, archive=str(out / "archive.zarr"))
+
+
+def test_cpu_recal_recalibrates_on_the_first_held_out_segment_and_scores_on_the_later_two(tmp_path):
+    from qpe_core.study import _train_config
+
+    cpu, wide, recal = PROFILES["cpu"], PROFILES["cpu-wide"], PROFILES["cpu-recal"]
+    assert recal.eval_segments == wide.eval_segments[1:] and recal.cases == 32
+    spec = {m.name: m for m in recal.models}["cascade-flow-recal"].recalibrate
+    first = wide.eval_segments[0]
+    first_end = pd.Timestamp(first.start) + pd.Timedelta(minutes=15 * (first.periods - 1))
+    assert spec.of == "cascade-flow" and pd.Timestamp(spec.start) == pd.Timestamp(first.start)
+    assert pd.Timestamp(spec.end) == first_end < pd.Timestamp(recal.eval_segments[0].start)  # no scored slot
+    cpu_spec = {m.name: m for m in cpu.models}
+    for name in ("unet", "cascade-flow"):  # trained as the cpu study's (its checkpoints can be copied in)
+        a = _train_config(cpu, cpu_spec[name], "a.zarr", tmp_path).model_dump()
+        assert _train_config(recal, {m.name: m for m in recal.models}[name], "a.zarr", tmp_path).model_dump() == a
