@@ -18,9 +18,9 @@ from qpe_core.assets import DEMO_CHECKPOINT
 
 REPRODUCE = ["qpe study --profile cpu --out data/study/cpu  # trains the unet, then the cascade-flow on it",
              "python -m qpe_core.assets.make_demo_checkpoint data/study/cpu/ck/cascade-flow  # float16 EMA weights",
-             "# the shipped weights (2026-12-05) were trained as cascade-flow-2slot-s0 of `qpe study --profile "
-             "cpu-temporal` and copied into the cpu study: the same training configuration (test "
-             "test_cpu_temporal_2slot_seed0_pair_trains_exactly_as_the_cpu_studys)"]
+             "# the shipped checkpoint (2026-12-05) is the cpu study's cascade retrained with the dry-bin "
+             "calibration: bit-identical weights to cascade-flow-2slot-s0 of `qpe study --profile cpu-temporal`, "
+             "the same training configuration (test test_cpu_temporal_2slot_seed0_pair_trains_exactly_as_the_cpu_studys)"]
 
 
 def make(src: Path, out: Path = DEMO_CHECKPOINT) -> Path:
