@@ -59,5 +59,6 @@ def recalibrate_cmd(
     from qpe_core.training.recalibrate import recalibrate
 
     entry = recalibrate(checkpoint, archive, start, end, out_dir, patches=patches, seed=seed, device=device)
+    gains = f"; gains {entry['summary']['gain'][-7:]}" if entry["summary"] else ""
     out.print(f"{out_dir}: calibration refitted on {entry['slots']} slots {entry['start']} .. {entry['end']} "
-              f"({patches} patches); gains {entry['summary']['gain'][-7:]}", highlight=False)
+              f"({patches} patches){gains}", highlight=False)

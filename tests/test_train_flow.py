@@ -29,7 +29,7 @@ def test_card_markdown_of_the_shipped_checkpoint():
     assert rows["steps"].startswith("6000 × 8 patches")
     assert rows["validation loss (EMA)"] == "0.1504 at step 6000"  # the cpu study of 2026-12-05
     assert rows["code version"] == "qpe-seviri 0.1.0, card v1"
-    assert rows["frozen mean (U-Net)"].startswith("data/study/temporal/ck/unet-2slot-s0, 6000 steps")
+    assert rows["frozen mean (U-Net)"].startswith("data/study/cpu/ck/unet, 6000 steps")  # = unet-2slot-s0
     assert md.startswith("### checkpoint cascade-flow\n\n| item | value |\n|---|---|\n")
 
 
