@@ -63,3 +63,28 @@ def write_bytes_atomically(path: str | Path, data: bytes, fsync: bool = False) -
 def write_json_atomically(path: str | Path, obj, indent: int | None = None, default=None) -> Path:
     """``obj`` as JSON to ``path`` through :func:`write_atomically`."""
     return write_atomically(path, lambda p: p.write_text(json.dumps(obj, indent=indent, default=default)))
+
+
+def write_dir_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a new temporary directory beside ``path`` (a Zarr store), then put it
+    in place: a directory cannot be renamed over another, so an existing ``path`` is first renamed
+    aside and removed after the new one is in. Readers see the old store or the new one, never a
+    part of one; between the two renames ``path`` is briefly absent. A failed write leaves ``path``
+    as it was and removes the temporary directory. Returns ``path``."""
+    import shutil
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    old = None
+    try:
+        write(tmp)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / final.name)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return final

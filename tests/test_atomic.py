@@ -47,3 +47,28 @@ def test_the_file_is_readable_by_others_and_whole_under_concurrent_writers(tmp_p
     assert len(set(got.tolist())) == 1 and got.size == 200_000  # one writer's whole array
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["index.npy"]
+
+
+def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
+    from qpe_core.atomic import write_dir_atomically
+
+    def store(text):
+        def write(d):
+            (d / "a").write_text(text)
+            (d / "sub").mkdir()
+            (d / "sub" / "b").write_text(text)
+        return write
+
+    target = tmp_path / "x.zarr"
+    assert write_dir_atomically(target, store("one")) == target
+    write_dir_atomically(target, store("two"))  # an existing store is replaced, not merged
+    assert (target / "a").read_text() == "two" and (target / "sub" / "b").read_text() == "two"
+
+    def fails(d):
+        (d / "a").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_dir_atomically(target, fails)
+    assert (target / "a").read_text() == "two"  # the old store stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zarr"]  # no temporary or old directory left

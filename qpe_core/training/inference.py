@@ -120,20 +120,12 @@ def predict(archive: Archive, valid_time, checkpoint: str | Path, members: int =
 
 
 def write_prediction(ds: xr.Dataset, out_dir: str | Path, fmt: str = "zarr") -> Path:
-    """Write a prediction under ``out_dir`` as ``qpe_<time>.zarr`` or ``.nc`` (temporary name, then rename)."""
-    import os
-    import shutil
+    """Write a prediction under ``out_dir`` as ``qpe_<time>.zarr`` or ``.nc``, atomically
+    (:mod:`qpe_core.atomic`: a temporary store or file of its own, then renamed into place)."""
+    from qpe_core.atomic import write_atomically, write_dir_atomically
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stamp = np.datetime_as_string(ds["time"].values, unit="m").replace(":", "").replace("-", "")
-    final = out_dir / f"qpe_{stamp}.{'zarr' if fmt == 'zarr' else 'nc'}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    final = Path(out_dir) / f"qpe_{stamp}.{'zarr' if fmt == 'zarr' else 'nc'}"
     if fmt == "zarr":
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-        shutil.rmtree(final, ignore_errors=True)
-    else:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-    os.replace(tmp, final)
-    return final
+        return write_dir_atomically(final, lambda tmp: ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False))
+    return write_atomically(final, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
