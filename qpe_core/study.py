@@ -57,7 +57,7 @@ def simulate_stage(profile: StudyProfile, url: str, progress: Progress | None = 
     from qpe_core.simulate_archive import simulate_to_archive
     from qpe_core.timeutil import slot_range
 
-    segs = [*profile.train_segments, *profile.eval_segments]
+    segs = [*profile.train_segments, *profile.eval_segments, *profile.other_segments]
     first = min(pd.Timestamp(s.start) for s in segs)
     arc = Archive.open(url, "a") if (Path(url) / "zarr.json").exists() else \
         Archive.create(url, profile.area, list(Settings().channels), origin=first)
@@ -91,7 +91,7 @@ def missing_segments(profile: StudyProfile, arc) -> list[Segment]:
     from qpe_core.timeutil import slot_range
 
     done = set(arc.times("bt")) & set(arc.times("rain"))
-    return [seg for seg in [*profile.train_segments, *profile.eval_segments]
+    return [seg for seg in [*profile.train_segments, *profile.eval_segments, *profile.other_segments]
             if not all(t in done for t in slot_range(seg.start, seg.periods, arc.slot_minutes))]
 
 

@@ -98,6 +98,8 @@ class StudyProfile(BaseModel):
     area: str = "france-3km"
     train_segments: list[Segment]
     eval_segments: list[Segment]
+    # simulated too, but neither trained on nor scored: e.g. the period a model is recalibrated on
+    other_segments: list[Segment] = Field(default_factory=list)
     models: list[ModelSpec] = Field(default_factory=lambda: list(KINDS))
     default: str = DEFAULT_KIND           # the model the mission checks are for
     steps: int = Field(3000, ge=1)         # optimiser steps of every model (the equal budget)
@@ -217,6 +219,7 @@ PROFILES["cpu-wide"] = PROFILES["cpu"].model_copy(update={
 # recent radar carry over? Same training as cpu (its checkpoints can be copied in)
 PROFILES["cpu-recal"] = PROFILES["cpu"].model_copy(update={
     "name": "cpu-recal", "eval_segments": _segments("2024-06-28T00:00Z", 2, 2, 92), "cases": 32,
+    "other_segments": _segments("2024-06-26T00:00Z", 1, 2, 91),
     "models": [ModelSpec(name="unet", kind="unet"), ModelSpec(name="cascade-flow", kind="cascade-flow"),
                ModelSpec(name="cascade-flow-recal", kind="cascade-flow", recalibrate=Recalibration(
                    of="cascade-flow", start="2024-06-26T00:00Z", end="2024-06-27T22:45Z"))]})

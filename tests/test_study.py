@@ -456,6 +456,12 @@ def test_cpu_recal_recalibrates_on_the_first_held_out_segment_and_scores_on_the_
     first_end = pd.Timestamp(first.start) + pd.Timedelta(minutes=15 * (first.periods - 1))
     assert spec.of == "cascade-flow" and pd.Timestamp(spec.start) == pd.Timestamp(first.start)
     assert pd.Timestamp(spec.end) == first_end < pd.Timestamp(recal.eval_segments[0].start)  # no scored slot
+    assert recal.other_segments == [first]  # simulated by a fresh run, so the period is in its archive
+    from qpe_core.archive import Archive
+    from qpe_core.study import missing_segments
+
+    arc = Archive.create(str(tmp_path / "a.zarr"), "france-3km", ["IR_108"])
+    assert first in missing_segments(recal, arc)  # an archive without it would be completed
     cpu_spec = {m.name: m for m in cpu.models}
     for name in ("unet", "cascade-flow"):  # trained as the cpu study's (its checkpoints can be copied in)
         a = _train_config(cpu, cpu_spec[name], "a.zarr", tmp_path).model_dump()
