@@ -8,9 +8,12 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from qpe_core.study_profiles import PROFILES
+
 
 def study_cmd(
-    profile: Annotated[str, typer.Option(help="cpu (2 cores, <= 75 min) | gpu (one H100/H200, <= 10 min) | cpu-early | cpu-4slot | cpu-season | cpu-lags | cpu-temporal | cpu-ablation | gpu-lags | tiny")]
+    profile: Annotated[str, typer.Option(help="cpu (2 cores, <= 75 min) | gpu (one H100/H200, <= 10 min) | "
+                                              + " | ".join(p for p in PROFILES if p not in ("cpu", "gpu")))]
     = "cpu",
     out_dir: Annotated[Path, typer.Option("--out", help="study folder (re-runs resume)")] = Path("data/study"),
     archive: Annotated[Optional[str], typer.Option(help="use this archive instead of simulating one")] = None,
