@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -71,8 +72,6 @@ def write_dir_atomically(path: str | Path, write: Callable[[Path], object]) -> P
     aside and removed after the new one is in. Readers see the old store or the new one, never a
     part of one; between the two renames ``path`` is briefly absent. A failed write leaves ``path``
     as it was and removes the temporary directory. Returns ``path``."""
-    import shutil
-
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))

@@ -169,14 +169,10 @@ def _to_mm(model, y, valid):
 
 def fit_patches(model, n: int):
     """The first ``n`` validation patches of the model's training (``train._val_set``, same seed)."""
-    from qpe_core.training.dataset import PatchSampler
-    from qpe_core.training.train import _val_set
+    from qpe_core.training.recalibrate import card_patches
 
-    cfg = model.card["config"]
-    arc, val_t = _validation_times(cfg)
-    sampler = PatchSampler(arc, cfg["lags"], model.card["channels"], model.normalizer, model.transform, cfg["patch"],
-                           min_quality=cfg.get("min_rain_quality", 0.05))
-    return _val_set(sampler, val_t, n, cfg["seed"])
+    arc, val_t = _validation_times(model.card["config"])
+    return card_patches(model, arc, val_t, n, model.card["config"]["seed"])
 
 
 # (clip_quantile, tail_clip_quantile): the same quantile everywhere, or a tighter one in the tail bins
@@ -196,7 +192,7 @@ def clip_variants(model, patches=(256,), clips=CLIPS) -> dict:
     """``{name: (clip_knots, spread_knots)}``: the clip refitted on the validation patches at other
     quantiles, and the calibration refitted after it as training does (``train._calibrate``, same
     seed); the scale knots, which the flow was trained with, are kept."""
-    from qpe_core.training.train import _calibrate
+    from qpe_core.training.recalibrate import refit_calibration
 
     obj, out = model.objective, {}
     keys = ("clip_knots", "clip_quantile", "tail_clip_quantile", "dry_clip_quantile", "calibrate_dry", "spread_knots")
@@ -206,8 +202,7 @@ def clip_variants(model, patches=(256,), clips=CLIPS) -> dict:
         for q, qt, *rest in clips:
             qd, wet = (rest + [None, False])[:2]
             obj.clip_quantile, obj.tail_clip_quantile, obj.dry_clip_quantile, obj.calibrate_dry = q, qt, qd, wet
-            obj.fit_clip({"mean": model.nets["mean"]}, *val)
-            _calibrate(obj, model.nets, val, "cpu", model.card["config"]["seed"])
+            refit_calibration(model, val, "cpu", model.card["config"]["seed"])
             name = f"clip-q{q}" + (f"-tail{qt}" if qt else "") + (f"-dry{qd}" if qd else "") + ("-wet" if wet else "")
             out[name + f"-{n}p"] = (obj.clip_knots, obj.spread_knots)
             print("clip", n, q, qt, qd, wet, [round(k[1], 2) for k in obj.spread_knots[:4]], flush=True, file=sys.stderr)

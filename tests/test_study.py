@@ -466,3 +466,9 @@ def test_cpu_recal_recalibrates_on_the_first_held_out_segment_and_scores_on_the_
     for name in ("unet", "cascade-flow"):  # trained as the cpu study's (its checkpoints can be copied in)
         a = _train_config(cpu, cpu_spec[name], "a.zarr", tmp_path).model_dump()
         assert _train_config(recal, {m.name: m for m in recal.models}[name], "a.zarr", tmp_path).model_dump() == a
+
+
+def test_study_help_lists_every_profile():
+    from qpe_core.cli_study import PROFILE_HELP
+
+    assert sorted(p.split(" (")[0].strip() for p in PROFILE_HELP.split(" | ")) == sorted(PROFILES)

@@ -26,8 +26,9 @@ import torch
 from qpe_core.archive import Archive
 from qpe_core.atomic import write_atomically
 from qpe_core.errors import QpeError
+from qpe_core.readers.radar_qc import MIN_RAIN_QUALITY
 from qpe_core.timeutil import iso, to_utc
-from qpe_core.training.checkpoint import check_card, load_checkpoint
+from qpe_core.training.checkpoint import Loaded, check_card, load_checkpoint
 from qpe_core.training.dataset import PatchSampler, valid_times
 from qpe_core.training.train import _calibrate, _val_set
 
@@ -57,14 +58,9 @@ def recalibrate(checkpoint: str | Path, archive: str, start: str, end: str, out:
     if not len(times):
         raise QpeError(f"recalibrate: no slot of {archive} in {start} .. {end} has every lag and radar coverage "
                        f">= {cfg.get('min_radar_coverage', 0.5)}")
-    sampler = PatchSampler(arc, card["lags"], card["channels"], model.normalizer, model.transform, cfg["patch"],
-                           min_quality=cfg.get("min_rain_quality", 0.05))
-    fit = _val_set(sampler, times, patches, seed)
+    fit = card_patches(model, arc, times, patches, seed)
     before = {"clip_knots": obj.clip_knots, "spread_knots": obj.spread_knots}
-    with torch.no_grad():
-        if obj.clip:
-            obj.fit_clip({"mean": model.nets["mean"]}, *(v.to(device) for v in fit))
-        summary = _calibrate(obj, model.nets, fit, device, seed)
+    summary = refit_calibration(model, fit, device, seed)
     entry = {"from": str(src), "archive": str(archive), "start": iso(times.min()), "end": iso(times.max()),
              "slots": len(times), "patches": patches, "seed": seed, "summary": summary,
              "previous": before, "previous_calibration": card.get("recalibrated")}
@@ -73,3 +69,23 @@ def recalibrate(checkpoint: str | Path, archive: str, start: str, end: str, out:
     write_atomically(out / "weights.safetensors", lambda p: shutil.copyfile(src / "weights.safetensors", p))
     write_atomically(out / "card.json", lambda p: p.write_text(json.dumps(new, indent=2, default=str)))
     return entry
+
+
+def card_patches(model: Loaded, arc: Archive, times, n: int, seed: int):
+    """``n`` random ``(cond, target, mask)`` patches of ``times`` encoded as the checkpoint's card says
+    (lags, channels, normalisation, rain transform, patch size, radar quality floor), drawn as
+    training draws its held-out patches (``train._val_set``)."""
+    card, cfg = model.card, model.card["config"]
+    sampler = PatchSampler(arc, card["lags"], card["channels"], model.normalizer, model.transform, cfg["patch"],
+                           min_quality=cfg.get("min_rain_quality", MIN_RAIN_QUALITY))
+    return _val_set(sampler, times, n, seed)
+
+
+@torch.no_grad()
+def refit_calibration(model: Loaded, fit, device: str = "cpu", seed: int = 0) -> dict | None:
+    """Refit a cascade's clip (when it clips) and then its calibration on the patches ``fit``, as
+    training ends (``train._calibrate``); returns the calibration's summary."""
+    obj = model.objective
+    if obj.clip:
+        obj.fit_clip({"mean": model.nets["mean"]}, *(v.to(device) for v in fit))
+    return _calibrate(obj, model.nets, fit, device, seed)
