@@ -42,6 +42,7 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
     from qpe_core.evaluation import pixel_km_of, scale_px, score_ensembles
     from qpe_core.report import summarize, write_report
     from qpe_core.report.groups import groups_markdown, seed_groups
+    from qpe_core.report.uncertainty import bootstrap, case_sums
     from qpe_core.report.mission import comparison_markdown, crps_of, curves_markdown, member_scores, mission_checks, mission_markdown
 
     ens = out / "ensembles"
@@ -78,6 +79,9 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
         checks = mission_checks(summary, metrics["models"][unet]["summary"] if unet else None, extra, cost, oracle)
         mission[name] = {"member_scores": extra, "cost": cost, "checks": checks,
                          "held": sum(c["held"] is True for c in checks), "total": len(checks)}
+        if name == profile.default and unet:
+            mission[name]["uncertainty"] = bootstrap(case_sums(truth, forecasts[name], forecasts[unet].reshape(truth.shape), scale_24,
+                                                               pixel_km), times, seed=profile.seed)
     group_of = {s.name: s.group for s in profile.models if s.group}
     groups = seed_groups(metrics, group_of, mission) if group_of else None
     metrics.update(mission=mission, default=profile.default, profile=profile.model_dump(), groups=groups)

@@ -44,6 +44,9 @@ def test_tiny_study_writes_report_with_every_model_and_the_mission_checks(tiny_s
     assert [c["check"] for c in checks] == ["fss_mean", "fss_member", "realism", "maximum", "spectrum",
                                             "spread_skill", "crps", "cost"]
     assert checks[-1]["held"] is not None  # the default model has its reference-step ensemble
+    unc = metrics["mission"]["cascade-flow"]["uncertainty"]  # the default's checks resampled, its days alone
+    assert unc["point_holds"] == {c["check"]: c["held"] for c in checks if c["check"] not in ("cost",)}
+    assert "### How sure: cascade-flow's checks on resampled cases" in report and "| day (UTC) | cases |" in report
     log = json.loads((out / "study.json").read_text())
     assert set(log["seconds"]) == {"simulate", "train", "draw", "score", "total"}
     saved = json.loads((out / "report" / "metrics.json").read_text())

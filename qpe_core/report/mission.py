@@ -177,6 +177,10 @@ def mission_markdown(metrics: dict) -> str:
         if freq:
             lines.append("- rank histogram (frequencies, lowest rank first): " + " ".join(f"{f:.3f}" for f in freq))
         lines.append("")
+        if m.get("uncertainty"):
+            from qpe_core.report.uncertainty import uncertainty_markdown  # imports this module
+
+            lines.append(uncertainty_markdown(m["uncertainty"], name))
     return "\n".join(lines)
 
 
