@@ -232,6 +232,26 @@ def test_calibration_matches_the_held_out_residual_where_the_scale_is_not_floore
     assert CascadeFlow(calibrate_members=0).calibrate(nets, torch.zeros(8, 2, 64, 64), y) is None
 
 
+def test_calibration_without_shift_fits_the_spread_and_keeps_the_drawn_mean():
+    """``calibrate_shift`` False: the held-out sd (0.96 where wet) is matched as with the shift, but the
+    drawn residual keeps its own mean (0.2 from the flow), not the held-out days' bias (0.29)."""
+    g = gen(9)
+    wet = torch.rand(8, 1, 64, 64, generator=g) > 0.5
+    m = torch.where(wet, torch.tensor(1.0), torch.tensor(-1.5))
+    y = m + torch.where(wet, 0.8 * (0.3 + torch.randn(8, 1, 64, 64, generator=g)), 0.05 * torch.randn(8, 1, 64, 64, generator=g))
+    obj = CascadeFlow(scale_bins=4, calibrate_members=2, calibrate_shift=False, clip=False)
+    nets = {"mean": ConstantField(m), "flow": OracleGaussianFlow(0.2, 0.5)}
+    obj.fit_residual_std(nets, torch.zeros(8, 2, 64, 64), y)
+    obj.calibrate(nets, torch.zeros(8, 2, 64, 64), y, generator=gen(10))
+    u_true = ((y - m) / obj.scale(m))[wet]
+    out = obj.sample({"mean": ConstantField(m[:4]), "flow": nets["flow"]}, torch.zeros(4, 2, 64, 64), members=4,
+                     steps=8, generator=gen(11))
+    u = ((out - m[:4]) / obj.scale(m[:4]))[wet[:4].expand(-1, 4, -1, -1)]
+    assert abs(u.mean() - 0.2) < 0.03 and abs(u_true.mean() - u.mean()) > 0.05  # the flow's mean, not the days'
+    assert abs(u.std() / u_true.std() - 1) < 0.05
+    assert make_objective(**obj.config()).config() == obj.config() and obj.config()["calibrate_shift"] is False
+
+
 def test_tail_clip_quantile_tightens_only_the_top_four_percent():
     g = gen(12)
     m = torch.rand(8, 1, 64, 64, generator=g) * 3.0 - 1.0  # a continuum of mean values

@@ -116,7 +116,7 @@ class CascadeFlow(FlowMatching):
                  clip_quantile: float = 0.98, tail_clip_quantile: float | None = None,
                  dry_clip_quantile: float | None = 1.0, spread_knots: list | None = None,
                  calibrate_members: int = 4, time_rho: float = 1.0,
-                 steps: int | None = None, calibrate_dry: bool = True):
+                 steps: int | None = None, calibrate_dry: bool = True, calibrate_shift: bool = True):
         super().__init__(sigma0, sigma_data=1.0)
         if steps is not None:  # this model's default sampler steps (the class's 4 when None)
             if int(steps) < 1:
@@ -145,6 +145,7 @@ class CascadeFlow(FlowMatching):
             raise ValueError(f"time_rho must be >= 1, got {time_rho}")
         self.time_rho = float(time_rho)  # midpoint time grid (samplers.midpoint's rho; 1 = uniform)
         self.calibrate_dry = bool(calibrate_dry)
+        self.calibrate_shift = bool(calibrate_shift)
 
     def network_specs(self, in_channels):
         return {"mean": (in_channels, 1), "flow": (in_channels + 2, 1)}
@@ -215,7 +216,9 @@ class CascadeFlow(FlowMatching):
         held-out mean and sd (``g`` in [0.5, 3]): fitted before the clip, the 2/98 % clip took back
         part of the spread (held-out spread/skill 0.75, q99 0.83, spectrum 0.79 of truth, measured).
         Floored bins get ``g = 1`` and, with ``calibrate_dry``, the shift that makes the drawn wet
-        probability the held-out one (:meth:`_wet_shift`). 0 members = off. Returns the fitted knots'
+        probability the held-out one (:meth:`_wet_shift`). ``calibrate_shift`` False keeps the drawn
+        residual's own mean in the bins above the floor (``a = (1 - g) mean(u)``: only the spread is
+        fitted on the held-out days, not their bias). 0 members = off. Returns the fitted knots'
         summary (bins, gain, shift)."""
         if self.calibrate_members < 1 or not self.scale_knots:
             return None
@@ -239,13 +242,17 @@ class CascadeFlow(FlowMatching):
                 continue
             a_t, a_s = ut[sel], us[:, sel]
             g = float((a_t.std() / a_s.std().clamp_min(1e-6)).clamp(0.5, 2.0))
-            a = float(a_t.mean()) - g * float(a_s.mean())
+            mean_s = float(a_s.mean())
+            a = float(a_t.mean()) - g * mean_s if self.calibrate_shift else (1.0 - g) * mean_s
             if self.clip_knots:  # match the moments of what is drawn: the residual AFTER the clip
                 lo, hi = self._clip_bounds(m_t[sel])
                 for _ in range(6):
                     c = torch.minimum(torch.maximum(a + g * a_s, lo), hi)
                     g = float((g * a_t.std() / c.std().clamp_min(1e-6)).clamp(0.5, 3.0))
-                    a += float(a_t.mean()) - float(torch.minimum(torch.maximum(a + g * a_s, lo), hi).mean())
+                    if self.calibrate_shift:
+                        a += float(a_t.mean()) - float(torch.minimum(torch.maximum(a + g * a_s, lo), hi).mean())
+                    else:
+                        a = (1.0 - g) * mean_s
             knots.append([x, a, g])
         self.spread_knots = knots or None
         return {"bins": len(knots), "gain": [round(k[2], 3) for k in knots], "shift": [round(k[1], 3) for k in knots]}
@@ -349,4 +356,4 @@ class CascadeFlow(FlowMatching):
                 "dry_clip_quantile": self.dry_clip_quantile,
                 "spread_knots": self.spread_knots,
                 "calibrate_members": self.calibrate_members, "time_rho": self.time_rho, "steps": self.default_steps,
-                "calibrate_dry": self.calibrate_dry}
+                "calibrate_dry": self.calibrate_dry, "calibrate_shift": self.calibrate_shift}
