@@ -75,13 +75,14 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
             cost = {"evals_per_member": summary["evals_per_member"], "crps": crps_of(truth[sub], forecasts[name][sub]),
                     "crps_ref": crps_of(truth[sub], ref), "ref_steps": profile.cost_steps, "cases": len(sub)}
         unet = ref_of[name]  # the U-Net of the same lags and seed where the model names one
-        oracle = oracle_stage(profile, out, times, truth) if name == profile.default else None
+        u_arr = forecasts[unet].reshape(truth.shape) if unet else None
+        oracle = oracle_stage(profile, out, times, truth, u_arr) if name == profile.default else None
         checks = mission_checks(summary, metrics["models"][unet]["summary"] if unet else None, extra, cost, oracle)
         mission[name] = {"member_scores": extra, "cost": cost, "checks": checks,
                          "held": sum(c["held"] is True for c in checks), "total": len(checks)}
         if name == profile.default and unet:
-            mission[name]["uncertainty"] = bootstrap(case_sums(truth, forecasts[name], forecasts[unet].reshape(truth.shape), scale_24,
-                                                               pixel_km), times, seed=profile.seed)
+            unc = bootstrap(case_sums(truth, forecasts[name], u_arr, scale_24, pixel_km), times, seed=profile.seed)
+            mission[name]["uncertainty"] = {**unc, "oracle": (oracle or {}).get("checks")}
     group_of = {s.name: s.group for s in profile.models if s.group}
     groups = seed_groups(metrics, group_of, mission) if group_of else None
     metrics.update(mission=mission, default=profile.default, profile=profile.model_dump(), groups=groups)
@@ -92,10 +93,13 @@ def score_stage(profile: StudyProfile, out: Path) -> dict:
     return metrics
 
 
-def oracle_stage(profile: StudyProfile, out: Path, times: list, truth: np.ndarray) -> dict | None:
+def oracle_stage(profile: StudyProfile, out: Path, times: list, truth: np.ndarray,
+                 unet: np.ndarray | None = None) -> dict | None:
     """The maximum check of an oracle ensemble on the held-out cases (:func:`qpe_core.simulator.oracle.oracle_maxima`),
     kept in ``ensembles/oracle.json`` for these cases, draws and members; None (with the reason in
-    that file) when the archive's truth is not the simulator's rain (e.g. a radar-driven archive)."""
+    that file) when the archive's truth is not the simulator's rain (e.g. a radar-driven archive).
+    With the U-Net's fields ``unet (case, y, x)`` (mm/h), every check's figures of each draw too
+    (``checks``, :func:`oracle_checks`)."""
     from qpe_core.simulator.oracle import oracle_maxima
 
     if profile.oracle_draws < 1:
@@ -105,14 +109,47 @@ def oracle_stage(profile: StudyProfile, out: Path, times: list, truth: np.ndarra
            "segments": [s.model_dump() for s in profile.eval_segments]}
     if path.is_file():
         kept = json.loads(path.read_text())
-        # kept from before the oracle's member FSS (2026-12-05): drawn again, same seed, same maxima
-        if kept.get("key") == key and (kept.get("oracle") is None or "fss_member0" in kept["oracle"]):
+        # kept from before the oracle's member FSS or its checks (2026-12-05): drawn again, same seed, same maxima
+        fresh = kept.get("oracle") is None or ("fss_member0" in kept["oracle"]
+                                               and (unet is None or "checks" in kept["oracle"]))
+        if kept.get("key") == key and fresh:
             return kept.get("oracle")
+    per_case: dict[int, dict] = {}
+    on_case = None
+    if unet is not None:
+        from qpe_core.evaluation import pixel_km_of, scale_px
+        from qpe_core.report.uncertainty import case_sums
+
+        px = pixel_km_of(profile.area)
+
+        def on_case(j, ens):  # every draw's per-case sums of the checks' figures
+            per_case[j] = [case_sums(truth[j:j + 1], e[None], unet[j:j + 1], scale_px(24.0, px), px) for e in ens]
     try:
         oracle = oracle_maxima(profile.area, profile.eval_segments, pd.DatetimeIndex(times), truth, profile.members,
-                               profile.oracle_draws, _window(profile), seed=profile.seed)
+                               profile.oracle_draws, _window(profile), seed=profile.seed, on_case=on_case)
+        if unet is not None and len(per_case) == len(times):
+            oracle["checks"] = oracle_checks(per_case, times, profile.oracle_draws)
         kept = {"key": key, "oracle": oracle}
     except QpeError as exc:
         oracle, kept = None, {"key": key, "oracle": None, "reason": str(exc)}
     write_json_atomically(path, kept)
     return oracle
+
+
+def oracle_checks(per_case: dict[int, list], times: list, draws: int) -> dict:
+    """Every check's figures of each oracle draw from its per-case sums (``per_case[case][draw]``):
+    the median over draws of each figure, in how many draws each check holds, and each day's medians."""
+    from qpe_core.report.uncertainty import figures, holds
+
+    days = pd.DatetimeIndex(times).strftime("%Y-%m-%d")
+    all_f, day_f, held = [], {d: [] for d in sorted(set(days))}, []
+    for d in range(draws):
+        sums = {k: np.concatenate([per_case[j][d][k] for j in range(len(times))]) for k in per_case[0][d]}
+        f = figures(sums, np.ones(len(times)))
+        all_f.append(f)
+        held.append(holds(f))
+        for day in day_f:
+            day_f[day].append(figures(sums, (days == day).astype("float64")))
+    med = lambda fs: {k: float(np.nanmedian([f[k] for f in fs])) for k in fs[0]}  # noqa: E731
+    return {"draws": draws, "median": med(all_f), "held": {c: int(sum(h[c] for h in held)) for c in held[0]},
+            "by_day": {day: med(fs) for day, fs in day_f.items()}}

@@ -71,6 +71,13 @@ def test_the_maximum_check_prints_an_oracle_ensembles_and_a_foreign_truth_has_no
     assert ratios.shape == (2, 2) and np.isfinite(ratios).all() and (ratios > 0).all()
     over = (ratios > 2).sum(axis=1)
     assert f"every case held in {(over == 0).sum()} of 2 draws" in line and "oracle ensemble" in line
+    # every check scored on the same oracle draws (the "How sure" section): its maxima agree with the line's
+    checks = kept["oracle"]["checks"]
+    assert checks["draws"] == 2 and checks["held"]["maximum"] == (over == 0).sum()
+    assert checks["median"]["cases_over"] == np.median(over)
+    assert set(checks["by_day"]) == {t[:10] for t in metrics["times"]}
+    assert metrics["mission"]["cascade-flow"]["uncertainty"]["oracle"] == checks
+    assert "| oracle: median over draws | oracle: check held in |" in (out / "report" / "report.md").read_text()
     # the member check carries the oracle's member FSS at the check's scale (24 km = 8 pixels of 3 km)
     member = next(c["text"] for c in metrics["mission"]["cascade-flow"]["checks"] if c["check"] == "fss_member")
     fss0, fss_mean = kept["oracle"]["fss_member0"], kept["oracle"]["fss_member_mean"]

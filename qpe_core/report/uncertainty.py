@@ -201,11 +201,19 @@ def uncertainty_markdown(unc: dict, name: str) -> str:
              f"Circular block bootstrap of the {n} held-out cases in blocks of {unc['block_cases']} consecutive "
              f"cases ({unc['resamples']} resamples, seed {unc['seed']}): the same weather drawn again, so the "
              "intervals are a lower bound of the uncertainty (not another season or simulator seed).", "",
-             "| figure | value | 5-95 % of resamples | check held in |", "|---|---|---|---|"]
+             "| figure | value | 5-95 % of resamples | check held in | oracle: median over draws | oracle: check held in |",
+             "|---|---|---|---|---|---|"]
+    oracle = unc.get("oracle") or {}
     for key, label, fmt, check in ROWS:
         lo, hi = iv[key]
+        o = (f"{fmt.format(oracle['median'][key])} | {oracle['held'][check]} of {oracle['draws']} draws" if oracle
+             else "- | -")
         lines.append(f"| {label} | {fmt.format(p[key])} | {fmt.format(lo)} to {fmt.format(hi)} | "
-                     f"{100 * held[check]:.0f} % |")
+                     f"{100 * held[check]:.0f} % | {o} |")
+    if oracle:
+        lines += ["", "The oracle ensemble: the simulator's own rain with only its IR-invisible precipitation "
+                  "efficiency redrawn (a perfect model of everything else), scored as the model against the same "
+                  "U-Net."]
     e, d = p["efss"], p["dfss"]
     lines += ["", f"Members against the truth (eFSS, 24 km, 1 mm/h, all members pooled) {e:.3f} "
               f"({iv['efss'][0]:.3f}-{iv['efss'][1]:.3f}), against one another (dFSS, all pairs) {d:.3f} "
@@ -216,8 +224,10 @@ def uncertainty_markdown(unc: dict, name: str) -> str:
                  "at least as large as the error)."), "",
               "| day (UTC) | cases | FSS mean - U-Net | member - U-Net | wet / truth | q99 / truth | cases > 2x max "
               "| spectrum | spread/skill | CRPS / MAE | eFSS | dFSS |", "|---|" + "---|" * 11]
-    for day, f in unc["by_day"].items():
-        lines.append(f"| {day} | {f['cases']} | {f['fss_mean']:+.3f} | {f['fss_member']:+.3f} | {f['wet_ratio']:.2f} | "
-                     f"{f['q99_ratio']:.2f} | {f['cases_over']:.0f} | {f['spectrum']:.2f} | {f['spread_skill']:.2f} | "
+    rows = [(day, f["cases"], f) for day, f in unc["by_day"].items()]
+    rows += [(f"{day}, oracle (median)", unc["by_day"][day]["cases"], f) for day, f in oracle.get("by_day", {}).items()]
+    for day, n, f in rows:
+        lines.append(f"| {day} | {n} | {f['fss_mean']:+.3f} | {f['fss_member']:+.3f} | {f['wet_ratio']:.2f} | "
+                     f"{f['q99_ratio']:.2f} | {f['cases_over']:.1f} | {f['spectrum']:.2f} | {f['spread_skill']:.2f} | "
                      f"{f['crps_vs_mae']:.2f} | {f['efss']:.3f} | {f['dfss']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -111,7 +111,7 @@ def oracle_ensembles(sim, slots, times, members: int, draws: int, ys: slice, xs:
 
 
 def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, draws: int, window,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, on_case=None) -> dict:
     """The maximum check of a perfect ensemble on a study's held-out cases: for each evaluation
     segment (``.start``, ``.periods``, ``.seed``) the simulator run as :func:`qpe_core.simulator.simulate`
     runs it for the archive, ``draws`` oracle ensembles of ``members``. ``truth (case, y, x)`` mm/h
@@ -119,7 +119,9 @@ def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, d
     the largest member value over the truth's valid pixels (``case_max``, mm/h), the truth's maximum
     and each case's ratio (``max_ratio``, draw-major lists), each draw's fair CRPS (mm/h) and each
     draw's FSS at 1 mm/h on the grid scale nearest 24 km of member 0 and mean over its members
-    (``fss_member0``, ``fss_member_mean``: what the mission's member check asks of a model)."""
+    (``fss_member0``, ``fss_member_mean``: what the mission's member check asks of a model).
+    ``on_case(case index, oracle rain (draws, member, y, x))``, when given, sees every case's draws
+    (e.g. to score every check on them, :func:`qpe_core.study_score.oracle_stage`)."""
     from qpe_core.evaluation import pixel_km_of, scale_px, window_slices
     from qpe_core.grids import get_spec, lonlats
     from qpe_core.simulator import Simulator
@@ -148,6 +150,8 @@ def oracle_maxima(area: str, segments, times, truth: np.ndarray, members: int, d
                                f"{seg.start} (seed {seg.seed})")
             case_max[:, k[i]] = ens[:, :, valid].max(axis=(1, 2))
             o = np.where(valid, truth[k[i]], np.nan).astype("float64")
+            if on_case is not None:
+                on_case(int(k[i]), ens)
             for d in range(draws):
                 crps[d].update(ens[d].astype("float64"), o)
                 fss[d].update({n: ens[d, j].astype("float64") for j, n in enumerate(names)}, o, {"thr": 1.0})
