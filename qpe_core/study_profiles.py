@@ -223,6 +223,11 @@ PROFILES["cpu-recal"] = PROFILES["cpu"].model_copy(update={
     "models": [ModelSpec(name="unet", kind="unet"), ModelSpec(name="cascade-flow", kind="cascade-flow"),
                ModelSpec(name="cascade-flow-recal", kind="cascade-flow", recalibrate=Recalibration(
                    of="cascade-flow", start="2024-06-26T00:00Z", end="2024-06-27T22:45Z"))]})
+# a confirmation period: every choice so far was made while June 26 - July 1 was scored again and
+# again; July 2-7 (seeds 94-96, never scored before 2026-12-05's fifth session) tests the cpu study's
+# U-Net and default once, 48 cases, same training (its checkpoints can be copied in)
+PROFILES["cpu-confirm"] = PROFILES["cpu-wide"].model_copy(update={
+    "name": "cpu-confirm", "eval_segments": _segments("2024-07-02T00:00Z", 3, 2, 94)})
 # issue 10's CasCast dial on the cpu profile (same data, budget, U-Net): the cascade trained with 10 %
 # condition dropout and sampled with classifier-free guidance on its condition, 2 midpoint steps so
 # that it keeps 8 evaluations per member, the weight (1.5) chosen on the validation cases among 1, 1.5,

@@ -385,6 +385,21 @@ def test_cpu_temporal_2slot_seed0_pair_trains_exactly_as_the_cpu_studys(tmp_path
     assert [m.objective for m in cpu.models] == [{}, {}, {}, {"s_noise": 1.50}]
 
 
+def test_cpu_confirm_holds_out_a_period_no_other_profile_scores():
+    """cpu-confirm trains exactly as cpu and cpu-wide, and scores three segments after every period any
+    other profile scored, with simulator seeds no other profile uses."""
+    cpu, confirm = PROFILES["cpu"], PROFILES["cpu-confirm"]
+    same = {"name", "models", "eval_segments", "cases"}
+    assert confirm.model_dump(exclude=same) == cpu.model_dump(exclude=same)
+    assert confirm.models == PROFILES["cpu-wide"].models and confirm.cases == 48 and len(confirm.eval_segments) == 3
+    others = [p for name, p in PROFILES.items() if name != "cpu-confirm"]
+    scored_end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods)
+                     for p in others if p.area == confirm.area for s in p.eval_segments)
+    assert min(pd.Timestamp(s.start) for s in confirm.eval_segments) >= scored_end
+    used = {s.seed for p in others for s in [*p.train_segments, *p.eval_segments, *p.other_segments]}
+    assert not {s.seed for s in confirm.eval_segments} & used
+
+
 def test_cpu_wide_scores_the_cpu_studys_models_on_three_held_out_segments(tmp_path):
     """cpu-wide trains exactly as cpu (its checkpoints are copied in, README) and holds out the cpu
     profile's segment and two later ones, with seeds no training segment uses."""
