@@ -57,12 +57,14 @@ def recalibrate_cmd(
     patches: Annotated[int, typer.Option(help="random patches of the period to fit on")] = 256,
     seed: Annotated[int, typer.Option(help="patch and draw seed")] = 0,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    only: Annotated[str, typer.Option(help="all | dry (only the certain-dry bins' wet shift)")] = "all",
 ):
     """Refit a cascade's clip and spread calibration on another period's radar, without retraining."""
     from qpe_core.cli import out
     from qpe_core.training.recalibrate import recalibrate
 
-    entry = recalibrate(checkpoint, archive, start, end, out_dir, patches=patches, seed=seed, device=device)
+    entry = recalibrate(checkpoint, archive, start, end, out_dir, patches=patches, seed=seed, device=device,
+                        only=only)
     gains = f"; gains {entry['summary']['gain'][-7:]}" if entry["summary"] else ""
     out.print(f"{out_dir}: calibration refitted on {entry['slots']} slots {entry['start']} .. {entry['end']} "
               f"({patches} patches){gains}", highlight=False)

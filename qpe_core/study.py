@@ -169,7 +169,7 @@ def _recalibrate(profile: StudyProfile, archive: str, out: Path, seconds: dict) 
             raise QpeError(f"{spec.name}: recalibrates {r.of!r}, not a trained cascade-flow of the study ({sorted(cascades)})")
         t0 = time.perf_counter()
         recalibrate(out / "ck" / r.of, archive, r.start, r.end, out / "ck" / spec.name, patches=r.patches,
-                    seed=profile.seed, device=profile.device)
+                    seed=profile.seed, device=profile.device, only=r.only)
         seconds[spec.name] = time.perf_counter() - t0
 
 

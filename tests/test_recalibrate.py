@@ -48,6 +48,31 @@ def test_recalibration_refits_the_knots_on_the_period_and_keeps_the_weights(trai
     assert json.loads((tmp_path / "b" / "card.json").read_text())["objective"] == new.card["objective"]
 
 
+def test_dry_only_recalibration_changes_only_the_certain_dry_bins(trained, tmp_path):
+    """``only="dry"``: the clip and every bin above the scale's floor keep their knots; the floored bins
+    get the wet shift of the new period (the entry names them)."""
+    import shutil
+
+    url, root = trained
+    src = tmp_path / "cf"  # the 3-step cascade with its lower half of bins counted as floored
+    shutil.copytree(root / "cf", src)
+    card = json.loads((src / "card.json").read_text())
+    card["objective"]["scale_floor"] = sorted(k[1] for k in card["objective"]["scale_knots"])[
+        len(card["objective"]["scale_knots"]) // 2]
+    (src / "card.json").write_text(json.dumps(card))
+    entry = recalibrate(src, url, "2024-06-01T05:00Z", "2024-06-01T07:45Z", tmp_path / "dry", patches=16,
+                        only="dry")
+    old, new = load_checkpoint(src).objective, load_checkpoint(tmp_path / "dry").objective
+    floored = entry["summary"]["dry_bins"]
+    assert floored and floored == [i for i, k in enumerate(old.scale_knots) if k[1] <= old.scale_floor] and entry["only"] == "dry"
+    assert new.clip_knots == old.clip_knots and len(new.spread_knots) == len(old.spread_knots)
+    assert all(new.spread_knots[i] == old.spread_knots[i] for i in range(len(old.spread_knots)) if i not in floored)
+    assert all(new.spread_knots[i][2] == 1.0 for i in floored)  # a floored bin is only ever shifted
+    assert any(new.spread_knots[i] != old.spread_knots[i] for i in floored)  # refitted there
+    with pytest.raises(QpeError, match="only must be 'all' or 'dry'"):
+        recalibrate(root / "cf", url, "2024-06-01T05:00Z", "2024-06-01T07:45Z", tmp_path / "x", only="wet")
+
+
 def test_recalibration_refuses_what_it_cannot_do_by_name(trained, tmp_path):
     url, root = trained
     with pytest.raises(QpeError, match="is the checkpoint itself"):

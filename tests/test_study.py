@@ -477,6 +477,8 @@ def test_cpu_recal_recalibrates_on_the_first_held_out_segment_and_scores_on_the_
     cpu, wide, recal = PROFILES["cpu"], PROFILES["cpu-wide"], PROFILES["cpu-recal"]
     assert recal.eval_segments == wide.eval_segments[1:] and recal.cases == 32
     spec = {m.name: m for m in recal.models}["cascade-flow-recal"].recalibrate
+    dry = {m.name: m for m in recal.models}["cascade-flow-recal-dry"].recalibrate
+    assert dry.model_dump(exclude={"only"}) == spec.model_dump(exclude={"only"}) and dry.only == "dry"
     first = wide.eval_segments[0]
     first_end = pd.Timestamp(first.start) + pd.Timedelta(minutes=15 * (first.periods - 1))
     assert spec.of == "cascade-flow" and pd.Timestamp(spec.start) == pd.Timestamp(first.start)

@@ -34,10 +34,14 @@ from qpe_core.training.train import _calibrate, _val_set
 
 
 def recalibrate(checkpoint: str | Path, archive: str, start: str, end: str, out: str | Path,
-                patches: int = 256, seed: int = 0, device: str = "cpu") -> dict:
+                patches: int = 256, seed: int = 0, device: str = "cpu", only: str = "all") -> dict:
     """Write ``out``: the cascade ``checkpoint`` with its clip and spread calibration refitted on
     ``patches`` random patches (the checkpoint's patch size) of the valid slots of ``archive`` in
-    ``start .. end`` (UTC). Returns the new card's ``recalibrated`` entry."""
+    ``start .. end`` (UTC). ``only="dry"`` refits nothing but the floored (certain-dry) bins' wet
+    shift (:func:`refit_dry_shift`): how often it rains where the U-Net says dry. Returns the new
+    card's ``recalibrated`` entry."""
+    if only not in ("all", "dry"):
+        raise QpeError(f"recalibrate: only must be 'all' or 'dry', got {only!r}")
     src, out = Path(checkpoint), Path(out)
     if out.resolve() == src.resolve():
         raise QpeError(f"recalibrate: the output {out} is the checkpoint itself; give a new directory")
@@ -60,9 +64,9 @@ def recalibrate(checkpoint: str | Path, archive: str, start: str, end: str, out:
                        f">= {cfg.get('min_radar_coverage', 0.5)}")
     fit = card_patches(model, arc, times, patches, seed)
     before = {"clip_knots": obj.clip_knots, "spread_knots": obj.spread_knots}
-    summary = refit_calibration(model, fit, device, seed)
+    summary = refit_calibration(model, fit, device, seed) if only == "all" else refit_dry_shift(model, fit, device, seed)
     entry = {"from": str(src), "archive": str(archive), "start": iso(times.min()), "end": iso(times.max()),
-             "slots": len(times), "patches": patches, "seed": seed, "summary": summary,
+             "slots": len(times), "patches": patches, "seed": seed, "only": only, "summary": summary,
              "previous": before, "previous_calibration": card.get("recalibrated")}
     new = {**card, "objective": obj.config(), "recalibrated": entry}
     out.mkdir(parents=True, exist_ok=True)
@@ -89,3 +93,20 @@ def refit_calibration(model: Loaded, fit, device: str = "cpu", seed: int = 0) ->
     if obj.clip:
         obj.fit_clip({"mean": model.nets["mean"]}, *(v.to(device) for v in fit))
     return _calibrate(obj, model.nets, fit, device, seed)
+
+
+@torch.no_grad()
+def refit_dry_shift(model: Loaded, fit, device: str = "cpu", seed: int = 0) -> dict | None:
+    """Refit only the wet shift of the floored bins (where the scale is the floor: the U-Net says
+    certainly dry) on the patches ``fit``; the clip and every other bin's shift and gain are kept.
+    Returns the calibration's summary with the bins refitted (``dry_bins``)."""
+    obj = model.objective
+    if not obj.spread_knots or not obj.calibrate_dry:
+        raise QpeError("recalibrate --only dry: the checkpoint has no dry-bin calibration to refit "
+                       "(spread knots with calibrate_dry)")
+    old = [list(k) for k in obj.spread_knots]
+    summary = _calibrate(obj, model.nets, fit, device, seed)
+    new = obj.spread_knots or old
+    floored = [i for i, (_, scale) in enumerate(obj.scale_knots) if scale <= obj.scale_floor]
+    obj.spread_knots = [new[i] if i in floored else old[i] for i in range(len(old))]
+    return {**(summary or {}), "dry_bins": floored, "shift": [round(k[1], 3) for k in obj.spread_knots]}
