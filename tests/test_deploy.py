@@ -51,6 +51,9 @@ def test_project_file_and_redaction(tmp_path):
     assert [(s.cron, s.timezone) for s in now.schedules] == [("*/15 * * * *", "UTC")]
     assert deps["backfill"].work_pool.name == deps["train"].work_pool.name == "gpu"
     assert deps["simulate-archive"].work_pool.name == deps["ingest-files"].work_pool.name == "cpu"
+    recal = deps["recalibrate"]  # daily, on the cpu pool, never onto the trained checkpoint
+    assert recal.work_pool.name == "cpu" and [(s.cron, s.timezone) for s in recal.schedules] == [("30 3 * * *", "UTC")]
+    assert recal.parameters["only"] == "dry" and recal.parameters["out"] != recal.parameters["checkpoint"]
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("deployments:\n  - name: x\n    entrypoint: flows/nowcast.py:nowcast\n    work_pol: {name: cpu}\n")

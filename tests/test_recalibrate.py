@@ -101,3 +101,27 @@ def test_qpe_recalibrate_command(trained, tmp_path):
                                    "--end", "2024-06-01T07:45Z", "--out", str(tmp_path / "u")])
     # a user error reaches qpe_core.cli.main (one red line, exit 2) as the QpeError naming the checkpoint
     assert isinstance(bad.exception, QpeError) and "unet: a unet checkpoint" in str(bad.exception)
+
+
+def test_recalibrate_flow_swaps_a_fresh_checkpoint_in_and_never_touches_the_trained_one(trained, tmp_path,
+                                                                                      prefect_server):
+    from conftest import prefect_artifacts
+
+    from flows.recalibrate import recalibrate as recalibrate_flow
+
+    url, root = trained
+    before = (root / "cf" / "card.json").read_text()
+    out = tmp_path / "cf-recal"
+    first = recalibrate_flow(str(root / "cf"), url, str(out), days=0.125, end="2024-06-01T07:45Z", patches=8)
+    assert first["only"] == "dry" and first["from"] == str(root / "cf") and first["end"] <= "2024-06-01T07:45Z"
+    assert first["start"] >= "2024-06-01T04:45Z"  # the last 3 hours
+    card = json.loads((out / "card.json").read_text())
+    assert card["recalibrated"]["only"] == "dry" and (root / "cf" / "card.json").read_text() == before
+    again = recalibrate_flow(str(root / "cf"), url, str(out), days=0.25, end="2024-06-01T07:45Z", patches=8)
+    assert again["slots"] > first["slots"]  # a later run replaces the checkpoint at out, from the trained one
+    assert json.loads((out / "card.json").read_text())["recalibrated"]["slots"] == again["slots"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cf-recal.")]  # no temporary left
+    md = prefect_artifacts("recalibrate")
+    assert md and "| refitted | wet shift of" in md[0].data and "weights unchanged" in md[0].data
+    with pytest.raises(QpeError, match="is the trained checkpoint itself"):
+        recalibrate_flow.fn(str(root / "cf"), url, str(root / "cf"))
