@@ -233,6 +233,14 @@ PROFILES["cpu-recal"] = PROFILES["cpu"].model_copy(update={
 # U-Net and default once, 48 cases, same training (its checkpoints can be copied in)
 PROFILES["cpu-confirm"] = PROFILES["cpu-wide"].model_copy(update={
     "name": "cpu-confirm", "eval_segments": _segments("2024-07-02T00:00Z", 3, 2, 94)})
+# the dry-only recalibration replicated on the confirmation period: fitted on its first segment (July
+# 2-3), scored with the as-trained default on the two later ones (July 4-7, 32 cases)
+PROFILES["cpu-confirm-recal"] = PROFILES["cpu"].model_copy(update={
+    "name": "cpu-confirm-recal", "eval_segments": PROFILES["cpu-confirm"].eval_segments[1:], "cases": 32,
+    "other_segments": PROFILES["cpu-confirm"].eval_segments[:1],
+    "models": [ModelSpec(name="unet", kind="unet"), ModelSpec(name="cascade-flow", kind="cascade-flow"),
+               ModelSpec(name="cascade-flow-recal-dry", kind="cascade-flow", recalibrate=Recalibration(
+                   of="cascade-flow", start="2024-07-02T00:00Z", end="2024-07-03T22:45Z", only="dry"))]})
 # issue 10's CasCast dial on the cpu profile (same data, budget, U-Net): the cascade trained with 10 %
 # condition dropout and sampled with classifier-free guidance on its condition, 2 midpoint steps so
 # that it keeps 8 evaluations per member, the weight (1.5) chosen on the validation cases among 1, 1.5,

@@ -392,12 +392,21 @@ def test_cpu_confirm_holds_out_a_period_no_other_profile_scores():
     same = {"name", "models", "eval_segments", "cases"}
     assert confirm.model_dump(exclude=same) == cpu.model_dump(exclude=same)
     assert confirm.models == PROFILES["cpu-wide"].models and confirm.cases == 48 and len(confirm.eval_segments) == 3
-    others = [p for name, p in PROFILES.items() if name != "cpu-confirm"]
+    others = [p for name, p in PROFILES.items() if not name.startswith("cpu-confirm")]  # it and its replication
     scored_end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods)
                      for p in others if p.area == confirm.area for s in p.eval_segments)
     assert min(pd.Timestamp(s.start) for s in confirm.eval_segments) >= scored_end
     used = {s.seed for p in others for s in [*p.train_segments, *p.eval_segments, *p.other_segments]}
     assert not {s.seed for s in confirm.eval_segments} & used
+
+
+def test_cpu_confirm_recal_fits_on_the_first_confirmation_segment_and_scores_the_later_two():
+    confirm, rep = PROFILES["cpu-confirm"], PROFILES["cpu-confirm-recal"]
+    assert rep.eval_segments == confirm.eval_segments[1:] and rep.other_segments == confirm.eval_segments[:1]
+    spec = {m.name: m for m in rep.models}["cascade-flow-recal-dry"].recalibrate
+    first = confirm.eval_segments[0]
+    assert spec.only == "dry" and pd.Timestamp(spec.start) == pd.Timestamp(first.start)
+    assert pd.Timestamp(spec.end) < pd.Timestamp(rep.eval_segments[0].start)  # no scored slot in the fit
 
 
 def test_cpu_wide_scores_the_cpu_studys_models_on_three_held_out_segments(tmp_path):
