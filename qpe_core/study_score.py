@@ -114,16 +114,17 @@ def oracle_stage(profile: StudyProfile, out: Path, times: list, truth: np.ndarra
                                                and (unet is None or "checks" in kept["oracle"]))
         if kept.get("key") == key and fresh:
             return kept.get("oracle")
-    per_case: dict[int, dict] = {}
+    per_case: dict[int, list[dict]] = {}  # case -> each draw's per-case sums
     on_case = None
     if unet is not None:
         from qpe_core.evaluation import pixel_km_of, scale_px
         from qpe_core.report.uncertainty import case_sums
 
         px = pixel_km_of(profile.area)
+        scale_24 = scale_px(24.0, px)
 
         def on_case(j, ens):  # every draw's per-case sums of the checks' figures
-            per_case[j] = [case_sums(truth[j:j + 1], e[None], unet[j:j + 1], scale_px(24.0, px), px) for e in ens]
+            per_case[j] = [case_sums(truth[j:j + 1], e[None], unet[j:j + 1], scale_24, px) for e in ens]
     try:
         oracle = oracle_maxima(profile.area, profile.eval_segments, pd.DatetimeIndex(times), truth, profile.members,
                                profile.oracle_draws, _window(profile), seed=profile.seed, on_case=on_case)

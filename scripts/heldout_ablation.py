@@ -13,6 +13,7 @@ clip, without its spread calibration, and without both, and prints each held-out
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -46,8 +47,6 @@ def main(argv=None) -> int:
         unet = z["rain"].astype("float32").reshape(truth.shape)
     with np.load(ens_dir / f"{args.model}.npz") as z:
         stored = z["rain"]
-    import json
-
     arc = Archive.open(json.loads((args.study / "study.json").read_text())["archive"])
     spec = get_spec(arc.area)
     ys, xs = window_slices(_window(prof), (spec.height, spec.width))

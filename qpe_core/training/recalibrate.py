@@ -105,8 +105,10 @@ def refit_dry_shift(model: Loaded, fit, device: str = "cpu", seed: int = 0) -> d
         raise QpeError("recalibrate --only dry: the checkpoint has no dry-bin calibration to refit "
                        "(spread knots with calibrate_dry)")
     old = [list(k) for k in obj.spread_knots]
-    summary = _calibrate(obj, model.nets, fit, device, seed)
+    _calibrate(obj, model.nets, fit, device, seed)
     new = obj.spread_knots or old
     floored = [i for i, (_, scale) in enumerate(obj.scale_knots) if scale <= obj.scale_floor]
-    obj.spread_knots = [new[i] if i in floored else old[i] for i in range(len(old))]
-    return {**(summary or {}), "dry_bins": floored, "shift": [round(k[1], 3) for k in obj.spread_knots]}
+    obj.spread_knots = knots = [new[i] if i in floored else old[i] for i in range(len(old))]
+    # the summary of the knots kept, as calibrate() reports its own (not of the refit's discarded bins)
+    return {"bins": len(knots), "gain": [round(k[2], 3) for k in knots], "shift": [round(k[1], 3) for k in knots],
+            "dry_bins": floored}
