@@ -94,7 +94,7 @@ def score(truth, forecasts, times, prof):
         ratios = np.array(ms["max_ratio"])
         out[name] = {k: s.get(k) for k in ("FSS_1_24km", "wet_fraction_ratio", "q99_ratio", "q99.9_ratio",
                                             "spectrum_ratio_10_50km", "spread_skill", "CRPS", "CRPS_fair", "rank_RI")}
-        out[name].update(fss_member0=ms["fss_member0"], worst_max=float(np.nanmax(ratios)),
+        out[name].update(fss_member0=ms["fss_member0"], fss_member_mean=ms["fss_member_mean"], worst_max=float(np.nanmax(ratios)),
                          cases_over_2=int((ratios > 2).sum()), largest=float(np.nanmax(ms["case_max"])))
     return out
 
@@ -182,10 +182,12 @@ CLIPS = ((0.999, None), (0.995, None), (0.99, None), (0.98, None), (0.97, None),
 
 
 def _clip(text: str) -> tuple:
-    """``Q[/TAIL[/DRY[/wet]]]`` -> (clip_quantile, tail_clip_quantile, dry_clip_quantile, calibrate_dry);
-    empty = None; ``wet``: the floored bins calibrated to the held-out wet probability."""
-    parts = (text.split("/") + ["", "", ""])[:4]
-    return (float(parts[0]), *(float(p) if p else None for p in parts[1:3]), parts[3] == "wet")
+    """``Q[/TAIL[/DRY[/wet[/qN]]]]`` -> (clip_quantile, tail_clip_quantile, dry_clip_quantile,
+    calibrate_dry, calibrate_quantiles); empty = None; ``wet``: the floored bins calibrated to the
+    held-out wet probability; ``qN``: calibrated by quantile maps of N levels (0: by moments)."""
+    parts = (text.split("/") + ["", "", "", ""])[:5]
+    return (float(parts[0]), *(float(p) if p else None for p in parts[1:3]), parts[3] == "wet",
+            int(parts[4][1:]) if parts[4].startswith("q") else 0)
 
 
 def clip_variants(model, patches=(256,), clips=CLIPS) -> dict:
@@ -195,16 +197,19 @@ def clip_variants(model, patches=(256,), clips=CLIPS) -> dict:
     from qpe_core.training.recalibrate import refit_calibration
 
     obj, out = model.objective, {}
-    keys = ("clip_knots", "clip_quantile", "tail_clip_quantile", "dry_clip_quantile", "calibrate_dry", "spread_knots")
+    keys = ("clip_knots", "clip_quantile", "tail_clip_quantile", "dry_clip_quantile", "calibrate_dry", "spread_knots",
+            "calibrate_quantiles", "quantile_knots")
     saved = {k: getattr(obj, k) for k in keys}
     for n in patches:
         val = fit_patches(model, n)
         for q, qt, *rest in clips:
-            qd, wet = (rest + [None, False])[:2]
+            qd, wet, nq = (list(rest) + [None, False, 0][len(rest):])[:3]
             obj.clip_quantile, obj.tail_clip_quantile, obj.dry_clip_quantile, obj.calibrate_dry = q, qt, qd, wet
+            obj.calibrate_quantiles = nq
             refit_calibration(model, val, "cpu", model.card["config"]["seed"])
-            name = f"clip-q{q}" + (f"-tail{qt}" if qt else "") + (f"-dry{qd}" if qd else "") + ("-wet" if wet else "")
-            out[name + f"-{n}p"] = (obj.clip_knots, obj.spread_knots)
+            name = (f"clip-q{q}" + (f"-tail{qt}" if qt else "") + (f"-dry{qd}" if qd else "") + ("-wet" if wet else "")
+                    + (f"-quant{nq}" if nq else ""))
+            out[name + f"-{n}p"] = (obj.clip_knots, obj.spread_knots, obj.quantile_knots)
             print("clip", n, q, qt, qd, wet, [round(k[1], 2) for k in obj.spread_knots[:4]], flush=True, file=sys.stderr)
     for k, v in saved.items():
         setattr(obj, k, v)
@@ -214,7 +219,7 @@ def clip_variants(model, patches=(256,), clips=CLIPS) -> dict:
 def cascade_variants(model, arc, times, ys, xs, members, clips=CLIPS):
     """Raw residual drawn once per case (seed k), then composed with every variant of the clip."""
     obj, nets = model.objective, model.nets
-    trained = (obj.clip_knots, obj.spread_knots)
+    trained = (obj.clip_knots, obj.spread_knots, obj.quantile_knots)
     knots = {"as-trained": trained, **clip_variants(model, clips=clips)}
     variants = {}
     for k, t in enumerate(times):
@@ -223,12 +228,12 @@ def cascade_variants(model, arc, times, ys, xs, members, clips=CLIPS):
         gen = torch.Generator().manual_seed(k)
         u, mean = obj._sample_u(nets, cond, members, None, None, gen, None)
         MEANS.append(_to_mm(model, mean[:1, 0], valid)[0])
-        for name, (ck, sk) in knots.items():
-            obj.clip_knots, obj.spread_knots = ck, sk
+        for name, (ck, sk, qk) in knots.items():
+            obj.clip_knots, obj.spread_knots, obj.quantile_knots = ck, sk, qk
             y = _compose(obj, u, mean).reshape(members, *u.shape[-2:])
             variants.setdefault(name, []).append(_to_mm(model, y, valid))
         print(f"case {k} {t}", flush=True, file=sys.stderr)
-    obj.clip_knots, obj.spread_knots = trained
+    obj.clip_knots, obj.spread_knots, obj.quantile_knots = trained
     return {n: np.stack(v) for n, v in variants.items()}
 
 

@@ -13,6 +13,7 @@ from qpe_core.archive import Archive
 from qpe_core.config import DEFAULT_CHANNELS
 from qpe_core.errors import QpeError
 from qpe_core.models import CascadeFlow, build_networks, make_objective, midpoint
+from qpe_core.models.cascade import WET_CUT
 from qpe_core.simulate_archive import simulate_to_archive
 from qpe_core.training.checkpoint import load_checkpoint, load_tensors
 from qpe_core.training.train import TrainConfig, train
@@ -230,6 +231,35 @@ def test_calibration_matches_the_held_out_residual_where_the_scale_is_not_floore
     assert 1.7 < obj.spread_knots[-1][2] < 2.2  # gain ~ 0.96 / 0.5
     assert make_objective(**obj.config()).config() == obj.config()
     assert CascadeFlow(calibrate_members=0).calibrate(nets, torch.zeros(8, 2, 64, 64), y) is None
+
+
+def test_quantile_calibration_matches_the_held_out_wet_probability_that_moments_miss():
+    """Where the mean says rain is likely, a held-out residual that is a dry spike (40 %) plus a wet
+    continuum: a Gaussian draw with the same mean and sd (moments) is wet about as often as its own
+    shape allows, the quantile maps (``calibrate_quantiles``) give the held-out wet probability and
+    its upper quartile; both stay inside the clip, and the card round-trips."""
+    g = gen(21)
+    m = torch.full((8, 1, 64, 64), 0.5)
+    dry = torch.rand(8, 1, 64, 64, generator=g) < 0.4
+    y = torch.where(dry, torch.tensor(-1.5), m + 0.9 * torch.randn(8, 1, 64, 64, generator=g).abs())
+    nets = {"mean": ConstantField(m), "flow": OracleGaussianFlow(0.0, 0.5)}
+    cond, small = torch.zeros(8, 2, 64, 64), {"mean": ConstantField(m[:4]), "flow": nets["flow"]}
+    wet_true = float((y > WET_CUT).float().mean())
+    out = {}
+    for n in (0, 49):
+        obj = CascadeFlow(scale_bins=4, calibrate_members=2, calibrate_quantiles=n)
+        obj.fit_residual_std(nets, cond, y)
+        obj.calibrate(nets, cond, y, generator=gen(22))
+        assert (obj.quantile_knots is not None) == bool(n)
+        out[n] = obj.sample(small, torch.zeros(4, 2, 64, 64), members=4, steps=8, generator=gen(23))
+        assert out[n].min() >= y.min() - 1e-4 and out[n].max() <= y.max() + 1e-4
+        assert make_objective(**obj.config()).config() == obj.config()
+    wet = {n: float((o > WET_CUT).float().mean()) for n, o in out.items()}
+    assert abs(wet[49] - wet_true) < 0.02 and abs(wet[0] - wet_true) > 0.05
+    q75 = {n: float(o.flatten().quantile(0.75)) for n, o in out.items()}
+    assert abs(q75[49] - float(y.flatten().quantile(0.75))) < 0.03
+    with pytest.raises(ValueError, match="calibrate_quantiles"):
+        CascadeFlow(calibrate_quantiles=1)
 
 
 def test_calibration_without_shift_fits_the_spread_and_keeps_the_drawn_mean():

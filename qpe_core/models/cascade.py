@@ -57,6 +57,8 @@ import torch
 
 from qpe_core.models import samplers as S
 from qpe_core.models.objectives import FlowMatching, _call, _f, _inference, _valid, masked_mse
+from qpe_core.models.quantile_map import apply_maps, fit_map, line_map
+from qpe_core.models.quantile_map import interp as _interp
 from qpe_core.models.transform import RainTransform
 
 WET_CUT = RainTransform().cut_value  # transformed value above which the product's rain is >= 0.1 mm/h
@@ -92,17 +94,6 @@ def _quantile_parts(values: torch.Tensor, bins: int, tail_bins: int) -> list[tor
     return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def _interp(x: torch.Tensor, kx: list[float], ky: list[float]) -> torch.Tensor:
-    """Piecewise-linear ``ky(kx)`` at ``x`` (flat beyond the end knots), same shape as ``x``."""
-    if len(kx) == 1:
-        return torch.full_like(x, float(ky[0]))
-    tx = torch.tensor(kx, dtype=x.dtype, device=x.device)
-    ty = torch.tensor(ky, dtype=x.dtype, device=x.device)
-    xc = x.clamp(tx[0], tx[-1])
-    i = torch.searchsorted(tx, xc.contiguous()).clamp(1, len(tx) - 1)
-    return ty[i - 1] + (ty[i] - ty[i - 1]) * (xc - tx[i - 1]) / (tx[i] - tx[i - 1])
-
-
 class CascadeFlow(FlowMatching):
     """Frozen regression mean + flow matching on the normalised residual (module docstring)."""
 
@@ -116,7 +107,8 @@ class CascadeFlow(FlowMatching):
                  clip_quantile: float = 0.98, tail_clip_quantile: float | None = None,
                  dry_clip_quantile: float | None = 1.0, spread_knots: list | None = None,
                  calibrate_members: int = 4, time_rho: float = 1.0,
-                 steps: int | None = None, calibrate_dry: bool = True, calibrate_shift: bool = True):
+                 steps: int | None = None, calibrate_dry: bool = True, calibrate_shift: bool = True,
+                 calibrate_quantiles: int = 0, quantile_knots: list | None = None):
         super().__init__(sigma0, sigma_data=1.0)
         if steps is not None:  # this model's default sampler steps (the class's 4 when None)
             if int(steps) < 1:
@@ -146,6 +138,11 @@ class CascadeFlow(FlowMatching):
         self.time_rho = float(time_rho)  # midpoint time grid (samplers.midpoint's rho; 1 = uniform)
         self.calibrate_dry = bool(calibrate_dry)
         self.calibrate_shift = bool(calibrate_shift)
+        if int(calibrate_quantiles) == 1 or int(calibrate_quantiles) < 0:
+            raise ValueError(f"calibrate_quantiles must be 0 (moments) or >= 2 levels, got {calibrate_quantiles}")
+        self.calibrate_quantiles = int(calibrate_quantiles)  # 0: moments (a + g u); N: quantile maps, N levels
+        self.quantile_knots = None if quantile_knots is None else [[float(k[0]), [float(v) for v in k[1]], [float(v) for v in k[2]]]
+                                                                   for k in quantile_knots]
 
     def network_specs(self, in_channels):
         return {"mean": (in_channels, 1), "flow": (in_channels + 2, 1)}
@@ -223,7 +220,7 @@ class CascadeFlow(FlowMatching):
         if self.calibrate_members < 1 or not self.scale_knots:
             return None
         y, valid = _valid(target, mask)
-        self.spread_knots = None
+        self.spread_knots = self.quantile_knots = None
         u_s, mean = self._sample_u(nets, cond, self.calibrate_members, None, None, generator, None)
         mean1 = mean[:: self.calibrate_members]
         u_t = (y - mean1) / self.scale(mean1)
@@ -233,12 +230,13 @@ class CascadeFlow(FlowMatching):
         m_t = mean1[ok].double()
         us = u_s.reshape(-1, k, *u_s.shape[-2:]).permute(1, 0, 2, 3)[:, ok[:, 0]].double()
         ut = u_t[ok].double()
-        knots = []
+        knots, maps = [], []
         for i, (x, scale) in enumerate(self.scale_knots):
             sel = (m_t >= edges[i]) & (m_t < edges[i + 1])
             if scale <= self.scale_floor or int(sel.sum()) < 20:  # floored bins: rare misses, noisy sd
                 dry = self.calibrate_dry and int(sel.sum()) >= 20
                 knots.append([x, self._wet_shift(m_t[sel], ut[sel], us[:, sel]) if dry else 0.0, 1.0])
+                maps.append(line_map(x, knots[-1][1], 1.0))
                 continue
             a_t, a_s = ut[sel], us[:, sel]
             g = float((a_t.std() / a_s.std().clamp_min(1e-6)).clamp(0.5, 2.0))
@@ -254,8 +252,21 @@ class CascadeFlow(FlowMatching):
                     else:
                         a = (1.0 - g) * mean_s
             knots.append([x, a, g])
+            maps.append(self._bin_map(x, a, g, ut[sel], us[:, sel]))
         self.spread_knots = knots or None
+        if self.calibrate_quantiles and maps:
+            self.quantile_knots = maps
         return {"bins": len(knots), "gain": [round(k[2], 3) for k in knots], "shift": [round(k[1], 3) for k in knots]}
+
+    def _bin_map(self, x: float, a: float, g: float, u_t: torch.Tensor, u_s: torch.Tensor) -> list:
+        """The quantile map of a bin above the floor (``calibrate_quantiles`` levels between the clip's
+        quantiles, the held-out extremes without a clip); the bin's moment line when it has fewer
+        than 10 pixels per level."""
+        n = self.calibrate_quantiles
+        if n < 2 or u_t.numel() < 10 * n:
+            return line_map(x, a, g)
+        q = self.clip_quantile if self.clip else 1.0
+        return fit_map(x, u_s.reshape(-1), u_t, torch.linspace(1.0 - q, q, n))
 
     def _wet_shift(self, m: torch.Tensor, u_t: torch.Tensor, u_s: torch.Tensor) -> float:
         """Shift ``a`` of a floored bin (``calibrate_dry``): the drawn ``clip(a + u)`` is wet (above the
@@ -282,7 +293,10 @@ class CascadeFlow(FlowMatching):
         return min(max(0.0, first), max(first, last))
 
     def calibrate_residual(self, u: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """``a(m) + g(m) u`` (identity without ``spread_knots``)."""
+        """``a(m) + g(m) u``, or the quantile maps (``quantile_knots``) when fitted (identity without
+        either)."""
+        if self.quantile_knots:
+            return apply_maps(u, mean, self.quantile_knots)
         if not self.spread_knots:
             return u
         kx = [k[0] for k in self.spread_knots]
@@ -356,4 +370,5 @@ class CascadeFlow(FlowMatching):
                 "dry_clip_quantile": self.dry_clip_quantile,
                 "spread_knots": self.spread_knots,
                 "calibrate_members": self.calibrate_members, "time_rho": self.time_rho, "steps": self.default_steps,
-                "calibrate_dry": self.calibrate_dry, "calibrate_shift": self.calibrate_shift}
+                "calibrate_dry": self.calibrate_dry, "calibrate_shift": self.calibrate_shift,
+                "calibrate_quantiles": self.calibrate_quantiles, "quantile_knots": self.quantile_knots}

@@ -104,11 +104,13 @@ def refit_dry_shift(model: Loaded, fit, device: str = "cpu", seed: int = 0) -> d
     if not obj.spread_knots or not obj.calibrate_dry:
         raise QpeError("recalibrate --only dry: the checkpoint has no dry-bin calibration to refit "
                        "(spread knots with calibrate_dry)")
-    old = [list(k) for k in obj.spread_knots]
+    old, old_maps = [list(k) for k in obj.spread_knots], obj.quantile_knots
     _calibrate(obj, model.nets, fit, device, seed)
-    new = obj.spread_knots or old
+    new, new_maps = obj.spread_knots or old, obj.quantile_knots
     floored = [i for i, (_, scale) in enumerate(obj.scale_knots) if scale <= obj.scale_floor]
     obj.spread_knots = knots = [new[i] if i in floored else old[i] for i in range(len(old))]
+    if old_maps and new_maps:  # quantile calibration: the floored bins' maps (their shift) refitted too
+        obj.quantile_knots = [new_maps[i] if i in floored else old_maps[i] for i in range(len(old_maps))]
     # the summary of the knots kept, as calibrate() reports its own (not of the refit's discarded bins)
     return {"bins": len(knots), "gain": [round(k[2], 3) for k in knots], "shift": [round(k[1], 3) for k in knots],
             "dry_bins": floored}
