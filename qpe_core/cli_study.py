@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 # every profile of qpe_core.study_profiles.PROFILES (test_study_help_lists_every_profile); written out
 # so that `qpe` starts without importing the profiles (and pandas)
 PROFILE_HELP = ("cpu (2 cores, <= 75 min) | gpu (one H100/H200, <= 10 min) | cpu-early | cpu-4slot | cpu-season | "
-                "cpu-wide | cpu-confirm | cpu-confirm-recal | cpu-recal | cpu-guidance | cpu-lags | cpu-temporal | cpu-ablation | gpu-lags | tiny")
+                "cpu-wide | cpu-confirm | cpu-confirm-recal | cpu-recal | cpu-guidance | cpu-lags | cpu-temporal | cpu-lags-mission | cpu-lags-fresh | cpu-ablation | gpu-lags | tiny")
 
 
 def study_cmd(

@@ -241,6 +241,15 @@ PROFILES["cpu-confirm-recal"] = PROFILES["cpu"].model_copy(update={
     "models": [ModelSpec(name="unet", kind="unet"), ModelSpec(name="cascade-flow", kind="cascade-flow"),
                ModelSpec(name="cascade-flow-recal-dry", kind="cascade-flow", recalibrate=Recalibration(
                    of="cascade-flow", start="2024-07-02T00:00Z", end="2024-07-03T22:45Z", only="dry"))]})
+# the mission checks with 2 and 4 slots (issue 10): cpu-temporal's 2- and 4-slot pairs of seeds 0-2
+# (their cascades' calibration refitted as training ends today: scripts/refit_as_trained.py) on
+# cpu-wide's 48 cases (June 26 - July 1), then on a period no profile scored before (July 9-14,
+# seeds 97-99): docs/studies/lags-mission
+PROFILES["cpu-lags-mission"] = PROFILES["cpu-temporal"].model_copy(update={
+    "name": "cpu-lags-mission", "models": _lag_models([[0, -15], [0, -15, -30, -45]], (0, 1, 2)),
+    "eval_segments": _segments("2024-06-26T00:00Z", 3, 2, 91), "cases": 48})
+PROFILES["cpu-lags-fresh"] = PROFILES["cpu-lags-mission"].model_copy(update={
+    "name": "cpu-lags-fresh", "eval_segments": _segments("2024-07-09T00:00Z", 3, 2, 97)})
 # issue 10's CasCast dial on the cpu profile (same data, budget, U-Net): the cascade trained with 10 %
 # condition dropout and sampled with classifier-free guidance on its condition, 2 midpoint steps so
 # that it keeps 8 evaluations per member, the weight (1.5) chosen on the validation cases among 1, 1.5,

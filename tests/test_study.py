@@ -392,12 +392,30 @@ def test_cpu_confirm_holds_out_a_period_no_other_profile_scores():
     same = {"name", "models", "eval_segments", "cases"}
     assert confirm.model_dump(exclude=same) == cpu.model_dump(exclude=same)
     assert confirm.models == PROFILES["cpu-wide"].models and confirm.cases == 48 and len(confirm.eval_segments) == 3
-    others = [p for name, p in PROFILES.items() if not name.startswith("cpu-confirm")]  # it and its replication
+    others = [p for name, p in PROFILES.items()  # not it, its replication, nor the later fresh period
+              if not name.startswith("cpu-confirm") and name != "cpu-lags-fresh"]
     scored_end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods)
                      for p in others if p.area == confirm.area for s in p.eval_segments)
     assert min(pd.Timestamp(s.start) for s in confirm.eval_segments) >= scored_end
     used = {s.seed for p in others for s in [*p.train_segments, *p.eval_segments, *p.other_segments]}
     assert not {s.seed for s in confirm.eval_segments} & used
+
+
+def test_cpu_lags_fresh_scores_after_every_other_profile_with_unused_seeds():
+    """The 2- against 4-slot mission comparison: the same models and training as cpu-temporal's 2- and
+    4-slot pairs; its fresh period starts after every period any other profile scores (cpu-confirm's
+    included) and its simulator seeds are used nowhere else."""
+    mission, fresh, temporal = PROFILES["cpu-lags-mission"], PROFILES["cpu-lags-fresh"], PROFILES["cpu-temporal"]
+    same = {"name", "models", "eval_segments", "cases"}
+    assert mission.model_dump(exclude=same) == temporal.model_dump(exclude=same) == fresh.model_dump(exclude=same)
+    assert [m for m in temporal.models if "1slot" not in m.name] == mission.models == fresh.models
+    assert mission.eval_segments == PROFILES["cpu-wide"].eval_segments and fresh.cases == mission.cases == 48
+    others = [p for name, p in PROFILES.items() if name != "cpu-lags-fresh"]
+    scored_end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods)
+                     for p in others if p.area == fresh.area for s in p.eval_segments)
+    assert min(pd.Timestamp(s.start) for s in fresh.eval_segments) >= scored_end
+    used = {s.seed for p in others for s in [*p.train_segments, *p.eval_segments, *p.other_segments]}
+    assert not {s.seed for s in fresh.eval_segments} & used
 
 
 def test_cpu_confirm_recal_fits_on_the_first_confirmation_segment_and_scores_the_later_two():
