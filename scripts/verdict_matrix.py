@@ -5,9 +5,10 @@
         data/study/confirm data/study/confirm-s1 data/study/confirm-s2
 
 Reads each ``STUDY/report/metrics.json`` (written by ``qpe study``) and prints, for the profile's
-default model, each check held (``yes``) or not (``no``) beside its figure (the report's point
-estimates: FSS differences against the run's U-Net, wet fraction and q99 over the truth's, cases
-with a member above twice the truth's maximum, ...), and the count held. How sure each verdict is
+default model (``--every``: every model the report checked), each check held (``yes``) or not
+(``no``) beside its figure as the report's sentence gives it (FSS differences against the model's
+U-Net, wet fraction and q99 over the truth's, cases with a member above twice the truth's maximum,
+spectrum, spread/skill, CRPS over the U-Net's MAE, the cost's CRPS change), and the count held. How sure each verdict is
 stays in each report ("How sure"). A run without a report or mission section is listed with the
 reason, not skipped.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,39 +26,53 @@ HEAD = ["FSS mean - U-Net", "member - U-Net", "wet / q99", "cases > 2x max", "sp
         "CRPS / MAE", "cost"]
 
 
-def _figures(point: dict) -> dict:
-    """The figure printed beside each verdict, from the report's uncertainty point estimates."""
-    return {"fss_mean": f"{point['fss_mean']:+.3f}", "fss_member": f"{point['fss_member']:+.3f}",
-            "realism": f"{point['wet_ratio']:.2f} / {point['q99_ratio']:.2f}", "maximum": f"{point['cases_over']:.0f}",
-            "spectrum": f"{point['spectrum']:.2f}", "spread_skill": f"{point['spread_skill']:.2f}",
-            "crps": f"{point['crps_vs_mae']:.2f}", "cost": ""}
+PATTERNS = {"fss_mean": r"\(([+-]\d\.\d{3}), >=", "fss_member": r"\(([+-]\d\.\d{3}), >=",
+            "realism": r"= (\d\.\d\d), q99 .*= (\d\.\d\d) \(", "maximum": r"(\d+) of \d+ cases above 2",
+            "spectrum": r"10-50 km (\d\.\d\d)", "spread_skill": r"spread/skill (\d\.\d\d)",
+            "crps": r"ratio (\d\.\d\d)", "cost": r"\(([+-]\d+\.\d%)"}
 
 
-def row(study: Path) -> str:
-    """One markdown line: profile, seed, cases, each check's figure and verdict, checks held."""
+def _cell(check: dict | None) -> str:
+    """``figure yes|no`` of one check (its figure read from the report's own sentence), ``-`` if absent."""
+    if check is None:
+        return "-"
+    found = re.search(PATTERNS[check["check"]], check["text"])
+    fig = " / ".join(found.groups()) if found else ""
+    if "not checked" in check["text"]:
+        return "not checked"
+    return f"{fig} {'yes' if check['held'] else 'no'}".strip()
+
+
+def rows(study: Path, every: bool) -> list[str]:
+    """Markdown lines of one study: its default's checks, or every model's with ``every``."""
     path = study / "report" / "metrics.json"
     if not path.is_file():
-        return f"| {study} | - | - | " + " | ".join(["no report"] * len(CHECKS)) + " | - |"
+        return [f"| {study} | - | - | - | " + " | ".join(["no report"] * len(CHECKS)) + " | - |"]
     m = json.loads(path.read_text())
-    mission = m.get("mission", {}).get(m.get("default", ""))
-    if not mission:
-        return f"| {study} | - | - | " + " | ".join(["no mission checks"] * len(CHECKS)) + " | - |"
-    held = {c["check"]: c["held"] for c in mission["checks"]}
-    figs = _figures(mission["uncertainty"]["point"]) if mission.get("uncertainty") else {}
-    cells = [f"{figs.get(k, '')} {'yes' if held.get(k) else 'no' if k in held else '-'}".strip() for k in CHECKS]
-    prof = m.get("profile", {})
-    return (f"| {prof.get('name', study.name)} | {prof.get('seed', m.get('seed'))} | {len(m['times'])} | "
-            + " | ".join(cells) + f" | {mission['held']}/{mission['total']} |")
+    prof, mission = m.get("profile", {}), m.get("mission", {})
+    names = list(mission) if every else [m.get("default", "")]
+    out = []
+    for name in names:
+        if name not in mission:
+            out.append(f"| {prof.get('name', study)} | {name} | - | - | " + " | ".join(["no mission checks"] * len(CHECKS)) + " | - |")
+            continue
+        checks = {c["check"]: c for c in mission[name]["checks"]}
+        seed = next((s["seed"] for s in prof.get("models", []) if s.get("name") == name and s.get("seed") is not None),
+                    prof.get("seed"))
+        out.append(f"| {prof.get('name', study.name)} | {name} | {seed} | {len(m['times'])} | "
+                   + " | ".join(_cell(checks.get(k)) for k in CHECKS) + f" | {mission[name]['held']}/{mission[name]['total']} |")
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("studies", nargs="+", type=Path)
+    ap.add_argument("--every", action="store_true", help="every model with mission checks, not only the default")
     args = ap.parse_args(argv)
-    print("| profile | seed | cases | " + " | ".join(HEAD) + " | held |")
-    print("|" + "---|" * (len(HEAD) + 4))
+    print("| profile | model | seed | cases | " + " | ".join(HEAD) + " | held |")
+    print("|" + "---|" * (len(HEAD) + 5))
     for s in args.studies:
-        print(row(s))
+        print("\n".join(rows(s, args.every)))
     return 0
 
 
