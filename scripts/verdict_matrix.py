@@ -7,9 +7,10 @@
 Reads each ``STUDY/report/metrics.json`` (written by ``qpe study``) and prints, for the profile's
 default model (``--every``: every model the report checked), each check held (``yes``) or not
 (``no``) beside its figure as the report's sentence gives it (FSS differences against the model's
-U-Net, wet fraction and q99 over the truth's, cases with a member above twice the truth's maximum,
-spectrum, spread/skill, CRPS over the U-Net's MAE, the cost's CRPS change), and the count held. How sure each verdict is
-stays in each report ("How sure"). A run without a report or mission section is listed with the
+U-Net, wet fraction and q99 over the truth's, cases with a member above twice the truth's maximum
+beside the perfect (oracle) ensemble's mean count on the same cases, spectrum, spread/skill, CRPS
+over the U-Net's MAE, the cost's CRPS change), and the count held. How sure each verdict is stays
+in each report ("How sure"). A run without a report or mission section is listed with the
 reason, not skipped.
 """
 
@@ -32,12 +33,18 @@ PATTERNS = {"fss_mean": r"\(([+-]\d\.\d{3}), >=", "fss_member": r"\(([+-]\d\.\d{
             "crps": r"ratio (\d\.\d\d)", "cost": r"\(([+-]\d+\.\d%)"}
 
 
-def _cell(check: dict | None) -> str:
-    """``figure yes|no`` of one check (its figure read from the report's own sentence), ``-`` if absent."""
+ORACLE = r"cases above 2 per draw mean (\d+\.\d+)"
+
+
+def _cell(check: dict | None, oracle: str = "") -> str:
+    """``figure yes|no`` of one check (its figure read from the report's own sentence), ``-`` if absent;
+    the maxima's cell adds the oracle ensemble's mean count on the same cases when the report has it."""
     if check is None:
         return "-"
     found = re.search(PATTERNS[check["check"]], check["text"])
     fig = " / ".join(found.groups()) if found else ""
+    if check["check"] == "maximum" and oracle:
+        fig += f" (oracle {oracle})"
     if "not checked" in check["text"]:
         return "not checked"
     return f"{fig} {'yes' if check['held'] else 'no'}".strip()
@@ -51,6 +58,8 @@ def rows(study: Path, every: bool) -> list[str]:
     m = json.loads(path.read_text())
     prof, mission = m.get("profile", {}), m.get("mission", {})
     names = list(mission) if every else [m.get("default", "")]
+    texts = [c["text"] for v in mission.values() for c in v["checks"] if c["check"] == "maximum"]
+    oracle = next((f.group(1) for f in (re.search(ORACLE, t) for t in texts) if f), "")  # same cases, any model
     out = []
     for name in names:
         if name not in mission:
@@ -60,7 +69,7 @@ def rows(study: Path, every: bool) -> list[str]:
         seed = next((s["seed"] for s in prof.get("models", []) if s.get("name") == name and s.get("seed") is not None),
                     prof.get("seed"))
         out.append(f"| {prof.get('name', study.name)} | {name} | {seed} | {len(m['times'])} | "
-                   + " | ".join(_cell(checks.get(k)) for k in CHECKS) + f" | {mission[name]['held']}/{mission[name]['total']} |")
+                   + " | ".join(_cell(checks.get(k), oracle) for k in CHECKS) + f" | {mission[name]['held']}/{mission[name]['total']} |")
     return out
 
 
