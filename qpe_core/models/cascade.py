@@ -44,6 +44,10 @@ rank-histogram RI 0.21 -> 0.19). The bins are quantiles of ``m``
 with the top 4 % split in halving bins (``tail_bins``), where the heaviest rain has its own, smaller
 residual. One mean evaluation is shared by all members.
 
+``calibrate_quantiles`` N > 0 calibrates by quantile maps instead of moments (each bin's drawn
+residual mapped onto the held-out quantiles at N levels, :mod:`.quantile_map`); it lost on the
+held-out cases (spread and texture fell in every run, docs/studies/quantile) and stays an option.
+
 ``guidance`` (classifier-free, CasCast): with ``cond_dropout`` > 0 the flow also learns the
 unconditional residual (``cond`` and ``m`` zeroed on a fraction of the batch); sampling with
 ``w = guidance`` uses ``v = v_uncond + w (v_cond - v_uncond)`` (2 evaluations per step). 1 = off.
