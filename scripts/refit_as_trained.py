@@ -24,6 +24,8 @@ import torch
 
 from validation_draws import fit_patches
 
+from qpe_core.atomic import write_atomically
+
 
 def refit(src: Path):
     """The checkpoint at ``src`` with its clip and calibration refitted as training ends."""
@@ -59,9 +61,7 @@ def main(argv=None) -> int:
         if f.is_file() and f.name != "card.json":
             shutil.copyfile(f, args.out / f.name)
     card = {**model.card, "objective": new, "refitted_as_trained": {"from": str(args.src), "summary": summary}}
-    tmp = args.out / "card.json.tmp"
-    tmp.write_text(json.dumps(card, indent=2, default=str))
-    tmp.replace(args.out / "card.json")
+    write_atomically(args.out / "card.json", lambda p: p.write_text(json.dumps(card, indent=2, default=str)))
     return 0
 
 

@@ -41,12 +41,12 @@ def _cell(check: dict | None, oracle: str = "") -> str:
     the maxima's cell adds the oracle ensemble's mean count on the same cases when the report has it."""
     if check is None:
         return "-"
+    if "not checked" in check["text"]:
+        return "not checked"
     found = re.search(PATTERNS[check["check"]], check["text"])
     fig = " / ".join(found.groups()) if found else ""
     if check["check"] == "maximum" and oracle:
         fig += f" (oracle {oracle})"
-    if "not checked" in check["text"]:
-        return "not checked"
     return f"{fig} {'yes' if check['held'] else 'no'}".strip()
 
 

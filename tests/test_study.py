@@ -385,6 +385,16 @@ def test_cpu_temporal_2slot_seed0_pair_trains_exactly_as_the_cpu_studys(tmp_path
     assert [m.objective for m in cpu.models] == [{}, {}, {}, {"s_noise": 1.50}]
 
 
+def _assert_scored_after_and_unseeded(profile, others) -> None:
+    """``profile``'s held-out segments start after every period ``others`` score on its grid, and their
+    simulator seeds are used by none of ``others``' segments."""
+    scored_end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods)
+                     for p in others if p.area == profile.area for s in p.eval_segments)
+    assert min(pd.Timestamp(s.start) for s in profile.eval_segments) >= scored_end
+    used = {s.seed for p in others for s in [*p.train_segments, *p.eval_segments, *p.other_segments]}
+    assert not {s.seed for s in profile.eval_segments} & used
+
+
 def test_cpu_confirm_holds_out_a_period_no_other_profile_scores():
     """cpu-confirm trains exactly as cpu and cpu-wide, and scores three segments after every period any
     other profile scored, with simulator seeds no other profile uses."""
@@ -392,13 +402,9 @@ def test_cpu_confirm_holds_out_a_period_no_other_profile_scores():
     same = {"name", "models", "eval_segments", "cases"}
     assert confirm.model_dump(exclude=same) == cpu.model_dump(exclude=same)
     assert confirm.models == PROFILES["cpu-wide"].models and confirm.cases == 48 and len(confirm.eval_segments) == 3
-    others = [p for name, p in PROFILES.items()  # not it, its replication, nor the later fresh period
-              if not name.startswith("cpu-confirm") and name != "cpu-lags-fresh"]
-    scored_end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods)
-                     for p in others if p.area == confirm.area for s in p.eval_segments)
-    assert min(pd.Timestamp(s.start) for s in confirm.eval_segments) >= scored_end
-    used = {s.seed for p in others for s in [*p.train_segments, *p.eval_segments, *p.other_segments]}
-    assert not {s.seed for s in confirm.eval_segments} & used
+    # the others: not it, its replication, nor the later fresh period
+    others = [p for name, p in PROFILES.items() if not name.startswith("cpu-confirm") and name != "cpu-lags-fresh"]
+    _assert_scored_after_and_unseeded(confirm, others)
 
 
 def test_cpu_lags_fresh_scores_after_every_other_profile_with_unused_seeds():
@@ -410,12 +416,7 @@ def test_cpu_lags_fresh_scores_after_every_other_profile_with_unused_seeds():
     assert mission.model_dump(exclude=same) == temporal.model_dump(exclude=same) == fresh.model_dump(exclude=same)
     assert [m for m in temporal.models if "1slot" not in m.name] == mission.models == fresh.models
     assert mission.eval_segments == PROFILES["cpu-wide"].eval_segments and fresh.cases == mission.cases == 48
-    others = [p for name, p in PROFILES.items() if name != "cpu-lags-fresh"]
-    scored_end = max(pd.Timestamp(s.start) + pd.Timedelta(minutes=15 * s.periods)
-                     for p in others if p.area == fresh.area for s in p.eval_segments)
-    assert min(pd.Timestamp(s.start) for s in fresh.eval_segments) >= scored_end
-    used = {s.seed for p in others for s in [*p.train_segments, *p.eval_segments, *p.other_segments]}
-    assert not {s.seed for s in fresh.eval_segments} & used
+    _assert_scored_after_and_unseeded(fresh, [p for name, p in PROFILES.items() if name != "cpu-lags-fresh"])
 
 
 def test_cpu_confirm_recal_fits_on_the_first_confirmation_segment_and_scores_the_later_two():
