@@ -13,7 +13,7 @@ Stages, each resumable (a re-run skips what is complete and resumes a half-train
    case's seed, so that the cost check compares the same initial noise integrated in two ways);
 4. **score** them together (:mod:`qpe_core.study_score`: the verification suite, the mission checks
    of :mod:`qpe_core.report.mission`, the oracle ensemble) and write ``OUT/report`` (``metrics.json``,
-   ``report.md``, figures) and ``OUT/study.json`` (profile, wall time per stage).
+   ``report.md``, figures) and ``OUT/study.json`` (profile, wall time and peak memory per stage).
 
 Profiles (:mod:`qpe_core.study_profiles`): ``cpu`` (2 cores, at most 75 minutes: 8 training
 segments over June 1-23, held out June 26-27; ``cpu-4slot`` the same with the earlier 4-slot
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -318,6 +319,13 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
         progress("draw", len(jobs), len(jobs), "")
 
 
+def _peak_rss_mib() -> dict[str, float]:
+    """Peak resident memory so far (MiB): this process, and the largest of its finished worker
+    processes (the parallel training of the gpu profile); Linux reports ``ru_maxrss`` in KiB."""
+    return {who: round(resource.getrusage(w).ru_maxrss / 1024.0, 1)
+            for who, w in (("process", resource.RUSAGE_SELF), ("largest_child", resource.RUSAGE_CHILDREN))}
+
+
 def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None,
               progress: Progress | None = None) -> dict:
     """All four stages (module docstring) into ``out``; returns the metrics dict. Re-runs resume."""
@@ -327,7 +335,7 @@ def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None
         raise QpeError(f"profile {profile.name}: default model {profile.default!r} is not among its models "
                        f"{[s.name for s in profile.models]}")
     url = archive or str(out / "archive.zarr")
-    log: dict = {"profile": profile.model_dump(), "archive": url, "seconds": {}}
+    log: dict = {"profile": profile.model_dump(), "archive": url, "seconds": {}, "peak_rss_mib": {}}
     t0 = time.perf_counter()
     if archive is None:
         log["simulated"] = simulate_stage(profile, url, progress)
@@ -340,15 +348,19 @@ def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None
                            f"{', '.join(f'{g.start} ({g.periods} slots, seed {g.seed})' for g in gaps)}; "
                            f"run without --archive to simulate them, or pass the archive of a study of the same data")
     log["seconds"]["simulate"] = time.perf_counter() - t0
+    log["peak_rss_mib"]["simulate"] = _peak_rss_mib()
     t1 = time.perf_counter()
     log["train_seconds"] = train_stage(profile, url, out, progress)
     log["seconds"]["train"] = time.perf_counter() - t1
+    log["peak_rss_mib"]["train"] = _peak_rss_mib()
     t1 = time.perf_counter()
     draw_stage(profile, url, out, progress)
     log["seconds"]["draw"] = time.perf_counter() - t1
+    log["peak_rss_mib"]["draw"] = _peak_rss_mib()
     t1 = time.perf_counter()
     metrics = score_stage(profile, out)
     log["seconds"]["score"] = time.perf_counter() - t1
+    log["peak_rss_mib"]["score"] = _peak_rss_mib()
     log["seconds"]["total"] = time.perf_counter() - t0
     log["checks"] = {n: f"{m['held']}/{m['total']}" for n, m in metrics["mission"].items()}
     write_json_atomically(out / "study.json", log, indent=1, default=str)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_models import TINY, CountingNet, OracleGaussianFlow, _toy_batch, gen
@@ -151,6 +152,14 @@ def test_preloaded_patches_equal_store_reads(archive):
         for a, b in zip(batch, mem.encode(bt, rain)):
             assert torch.equal(a[i], b)
     assert batch[2][1, 0, :5].sum() == 0 and batch[2][1, 0, 5:].sum() > 0
+    # two slots far apart hold their own lags only (8 slots), not the time range between them
+    ny, nx = arc.group["rain"].shape[-2:]
+    far = pd.DatetimeIndex([times[0], times[-1]])
+    assert (far[1] - far[0]) > pd.Timedelta(minutes=60)
+    assert mem.preload(far) == 2 * len(lags) * (len(arc.channels) + 1) * ny * nx * 4
+    for t in far:
+        for a, b in zip(store.read(t, 40, 100), mem.read(t, 40, 100)):
+            assert torch.equal(a, b)
 
 
 def test_residual_scale_follows_the_mean_on_held_out_data():
