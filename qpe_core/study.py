@@ -319,11 +319,11 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
         progress("draw", len(jobs), len(jobs), "")
 
 
-def _peak_rss_mib() -> dict[str, float]:
-    """Peak resident memory so far (MiB): this process, and the largest of its finished worker
-    processes (the parallel training of the gpu profile); Linux reports ``ru_maxrss`` in KiB."""
-    return {who: round(resource.getrusage(w).ru_maxrss / 1024.0, 1)
-            for who, w in (("process", resource.RUSAGE_SELF), ("largest_child", resource.RUSAGE_CHILDREN))}
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB; Linux reports ``ru_maxrss`` in KiB). Worker
+    processes (the simulation's, the gpu profile's parallel training) are not counted: a forked
+    child reports its parent's pages as its own."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
 def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None,

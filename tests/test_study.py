@@ -49,7 +49,7 @@ def test_tiny_study_writes_report_with_every_model_and_the_mission_checks(tiny_s
     assert "### How sure: cascade-flow's checks on resampled cases" in report and "| day (UTC) | cases |" in report
     log = json.loads((out / "study.json").read_text())
     assert set(log["seconds"]) == {"simulate", "train", "draw", "score", "total"}
-    peak = [log["peak_rss_mib"][k]["process"] for k in ("simulate", "train", "draw", "score")]
+    peak = [log["peak_rss_mib"][k] for k in ("simulate", "train", "draw", "score")]
     assert 0 < peak[0] <= peak[1] <= peak[2] <= peak[3]  # a running peak, per stage
     saved = json.loads((out / "report" / "metrics.json").read_text())
     assert saved["default"] == "cascade-flow" and saved["profile"]["name"] == "tiny"
