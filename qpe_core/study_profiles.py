@@ -108,7 +108,7 @@ class StudyProfile(BaseModel):
     patch: int = 64
     lr: float = 5e-4
     # TrainConfig.lr_schedule, one for every model: cosine, chosen on the cpu profile's validation period
-    # (README "The learning-rate schedule"); cpu-lags and cpu-ablation keep the constant rate their
+    # (docs/studies/README.md, "The learning-rate schedule"); cpu-lags and cpu-ablation keep the constant rate their
     # README tables were measured with
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     ema_decay: float = 0.999
@@ -157,7 +157,7 @@ PROFILES: dict[str, StudyProfile] = {
                              patch=128, backbone={}, cases=24, window=None, members=8, device="cuda", parallel=4,
                              models=_lag_models([[0], [0, -15]], (0, 1)),
                              default="cascade-flow-2slot-s0", cost_cases=2, oracle_draws=0),
-    # what the default was chosen against (README "What was tried"): one global residual scale, the
+    # what the default was chosen against (docs/studies/history.md, "What was tried for the default"): one global residual scale, the
     # per-mean scale with a 0.05 floor, no residual clip, the 99.9 % clip (the previous default's quantile;
     # it was fitted on 32 patches); the DDPM before EDM (v-prediction, min-SNR-5); same data, U-Net, budget as cpu-early
     "cpu-ablation": StudyProfile(name="cpu-ablation", train_segments=_segments("2024-06-01T00:00Z", 4, 2, 11),
@@ -253,7 +253,7 @@ PROFILES["cpu-lags-fresh"] = PROFILES["cpu-lags-mission"].model_copy(update={
 # issue 10's CasCast dial on the cpu profile (same data, budget, U-Net): the cascade trained with 10 %
 # condition dropout and sampled with classifier-free guidance on its condition, 2 midpoint steps so
 # that it keeps 8 evaluations per member, the weight (1.5) chosen on the validation cases among 1, 1.5,
-# 2, 3 (README "Guidance"); the unguided default beside it (its U-Net and cascade are the cpu
+# 2, 3 (docs/studies/history.md, "Guidance"); the unguided default beside it (its U-Net and cascade are the cpu
 # study's: same configuration)
 PROFILES["cpu-guidance"] = PROFILES["cpu"].model_copy(update={
     "name": "cpu-guidance", "default": "cascade-flow-cfg", "models": [

@@ -2,7 +2,7 @@
 
 The product default until the cascade flow (:mod:`.cascade`) replaced it: trained in one loss, the
 mean's training residuals are smaller than its errors on new data, which starved the spread and the
-tail (README "What was tried"). Kept as an option and in the ``cpu-ablation`` study.
+tail (docs/studies/history.md, "What was tried for the default"). Kept as an option and in the ``cpu-ablation`` study.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ depends on. Keeping every other latent of a slot as it was and redrawing only th
 its stationary distribution gives draws of the rain given everything the satellite sees, and more
 (the updrafts, the stratiform field and the wetness are known exactly): an ensemble exchangeable
 with the truth, which no model fed with IR can beat. ``scripts/maxima_oracle.py`` scores it like a
-model (README "The maximum check and a perfect ensemble").
+model (docs/studies/history.md, "a perfect ensemble fails the maximum check too").
 """
 
 from __future__ import annotations
