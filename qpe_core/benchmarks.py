@@ -80,7 +80,8 @@ def bench_archive(area: str = "france-3km", n_slots: int = 24) -> dict:
 
 
 def run_benchmarks(which: list[str], n_slots: int = 1000, members: int = 16, checkpoint: str | None = None,
-                   archive: str | None = None, days: float = 7.0, load_dir: str | None = None) -> dict:
+                   archive: str | None = None, days: float = 7.0, load_dir: str | None = None,
+                   train_steps: int = 100) -> dict:
     result = {"machine": _machine()}
     if "simulator" in which:
         result["simulator"] = bench_simulator(n_slots)
@@ -92,6 +93,10 @@ def run_benchmarks(which: list[str], n_slots: int = 1000, members: int = 16, che
         from qpe_core.training.bench_models import bench_models
 
         result["models"] = bench_models(members=members, checkpoint=checkpoint, archive=archive)
+    if "train" in which:
+        from qpe_core.training.bench_train import bench_train
+
+        result["train"] = bench_train(archive=archive, steps=train_steps)
     if "load" in which:
         from qpe_core.load_bench import run_load
 

@@ -310,13 +310,15 @@ def evaluate(
 
 
 @app.command()
-def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,archive,ingest,models,load")]
+def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,archive,ingest,models,train,load")]
           = "simulator,archive,models",
           slots: Annotated[int, typer.Option(help="simulator slots")] = 1000,
           members: Annotated[int, typer.Option(help="ensemble members for the model timings")] = 16,
           checkpoint: Annotated[Optional[str], typer.Option(
               help="residual-flow checkpoint: CRPS vs steps (load: the nowcast's, default the demo one)")] = None,
-          archive: Annotated[Optional[str], typer.Option(help="archive with radar for the CRPS study")] = None,
+          archive: Annotated[Optional[str], typer.Option(
+              help="archive with radar for the CRPS study (train: the archive to train on)")] = None,
+          train_steps: Annotated[int, typer.Option(help="train: optimiser steps each way")] = 100,
           days: Annotated[float, typer.Option(help="load: days of 15-minute slots to backfill")] = 7.0,
           load_dir: Annotated[Optional[str], typer.Option(
               help="load: keep the archive and products here (default: a temporary folder)")] = None):
@@ -324,7 +326,8 @@ def bench(what: Annotated[str, typer.Option(help="comma-separated: simulator,arc
     from qpe_core.benchmarks import run_benchmarks
 
     print(json.dumps(run_benchmarks(what.split(","), n_slots=slots, members=members, checkpoint=checkpoint,
-                                    archive=archive, days=days, load_dir=load_dir), indent=2))
+                                    archive=archive, days=days, load_dir=load_dir, train_steps=train_steps),
+                     indent=2))
 
 
 @app.command()

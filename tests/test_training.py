@@ -156,3 +156,26 @@ def test_cosine_schedule_decays_the_rate_to_zero_over_the_run(sim_archive, tmp_p
     log = [json.loads(line) for line in (tmp_path / "cos" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 4 and log[-1]["lr"] == pytest.approx(0.000146, abs=1e-6)
     assert read_card(tmp_path / "cos")["config"]["lr_schedule"] == "cosine"
+
+
+def test_training_holds_its_slots_in_memory_when_they_fit_and_trains_the_same(sim_archive, tmp_path, monkeypatch):
+    from qpe_core.training.train import fits_in_memory
+
+    assert fits_in_memory(4 << 30, available=16 << 30, local_ranks=1)
+    assert not fits_in_memory(4 << 30, available=16 << 30, local_ranks=3)  # three ranks on one host
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert fits_in_memory(4 << 30, available=16 << 30) and not fits_in_memory(5 << 30, available=16 << 30)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    auto = train(_cfg(sim_archive, tmp_path / "auto", "unet", 2))  # preload=None: a small archive fits
+    store = train(_cfg(sim_archive, tmp_path / "store", "unet", 2, preload=False))
+    assert auto["training_period"]["held_in_memory_mb"] > 0 and store["training_period"]["held_in_memory_mb"] == 0
+    a, b = (load_checkpoint(tmp_path / n).nets.state_dict() for n in ("auto", "store"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same values, from memory or from the store
+
+
+def test_bench_train_reports_both_ways(sim_archive):
+    from qpe_core.training.bench_train import bench_train
+
+    got = bench_train(archive=sim_archive.url, steps=2)
+    assert got["memory"]["held_in_memory_mb"] > 0 and got["store"]["held_in_memory_mb"] == 0
+    assert got["memory"]["samples_per_s"] > 0 and got["store"]["samples_per_s"] > 0 and got["speedup"] > 0

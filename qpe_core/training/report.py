@@ -76,7 +76,8 @@ def card_rows(card: dict, log: list[dict] | None = None) -> list[tuple[str, str]
                             f"({period.get('train_slots')} training slots)"),
         ("validation period", f"{_fmt(card.get('validation_times'))} "
                               f"({period.get('validation_slots')} validation slots, leakage-free blocks)"),
-        ("archive", period.get("archive")),
+        ("archive", period.get("archive") if not period.get("held_in_memory_mb") else
+         f"{period.get('archive')} (training slots held in memory, {period['held_in_memory_mb']:,} MB)"),
         ("steps", f"{card.get('steps')} × {cfg.get('batch_size', '?')} patches, lr {_fmt(cfg.get('lr'))}, "
                   f"EMA {_fmt(cfg.get('ema_decay'))}, device {cfg.get('device', '?')}"),
         ("validation loss (EMA)", f"{scores['val_loss']:.4f} at step {scores['val_step']}"

@@ -76,7 +76,19 @@ class TrainConfig(BaseModel):
     end: str | None = None
     backbone: dict = Field(default_factory=dict)  # UNet keyword arguments; {} = the backbone's defaults
     loader_threads: int = Field(4, ge=1)  # threads reading the patches of a batch
-    preload: bool = False  # hold the training slots in memory (float32; ~4 MB per slot on france-3km)
+    # hold the training slots in memory (float32, ~4.7 MB per slot of 7 channels on france-3km): True,
+    # False, or None = when they fit in half the memory available (:func:`fits_in_memory`)
+    preload: bool | None = None
+
+
+def fits_in_memory(nbytes: int, available: int | None = None, local_ranks: int | None = None) -> bool:
+    """Whether every training process of this host can hold ``nbytes`` in half the memory available
+    now (``psutil``; ``LOCAL_WORLD_SIZE`` processes under torchrun)."""
+    import psutil
+
+    available = psutil.virtual_memory().available if available is None else available
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local_ranks is None else local_ranks
+    return nbytes * local_ranks <= available // 2
 
 
 def _dist() -> tuple[int, int]:
@@ -158,7 +170,7 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     objective = make_objective(cfg.kind, **cfg.objective)
     mean = _frozen_mean(cfg, channels, progress) if getattr(objective, "frozen", ()) else None
     sampler.normalizer = mean.normalizer if mean else _fit_normalizer(sampler, train_t)
-    if cfg.preload:
+    if cfg.preload or (cfg.preload is None and fits_in_memory(sampler.preload_bytes(train_t))):
         sampler.preload(train_t)
     in_ch = len(cfg.lags) * (len(channels) + 1)
     objective.set_data_stats(*_fit_target_stats(sampler, train_t))
@@ -180,7 +192,9 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
         nets = torch.nn.ModuleDict({k: ddp(v, device_ids=[device.index] if device.type == "cuda" else None)
                                     if any(p.requires_grad for p in v.parameters()) else v
                                     for k, v in raw.items()})
-    card = _card(cfg, archive, channels, objective, in_ch, sampler.normalizer, transform, train_t, val_t, raw)
+    in_memory = 0 if sampler.memory is None else sum(a.nbytes for a in sampler.memory[1:])
+    card = _card(cfg, archive, channels, objective, in_ch, sampler.normalizer, transform, train_t, val_t, raw,
+                 in_memory)
     if mean:
         card["mean_checkpoint"] = {"path": mean.card["path"], "steps": mean.card.get("steps"),
                                    "validation": mean.card.get("validation"),
@@ -302,7 +316,7 @@ def _ema_update(ema: torch.nn.Module, raw: torch.nn.Module, decay: float) -> Non
 
 
 def _card(cfg: TrainConfig, archive: Archive, channels, objective, in_ch: int, normalizer, transform,
-          train_t, val_t, raw) -> dict:
+          train_t, val_t, raw, held_bytes: int = 0) -> dict:
     return {
         "kind": cfg.kind, "objective": objective.config(), "in_channels": in_ch,
         "backbone": {k: v for k, v in next(iter(raw.values())).config.items()
@@ -311,7 +325,8 @@ def _card(cfg: TrainConfig, archive: Archive, channels, objective, in_ch: int, n
         "slot_minutes": archive.slot_minutes, "patch": cfg.patch,
         "normalizer": normalizer.to_dict(), "transform": transform.to_dict(),
         "training_period": {"archive": cfg.archive, "first": iso(train_t.min()), "last": iso(train_t.max()),
-                            "train_slots": len(train_t), "validation_slots": len(val_t)},
+                            "train_slots": len(train_t), "validation_slots": len(val_t),
+                            "held_in_memory_mb": round(held_bytes / 2**20)},
         "validation_times": [iso(val_t.min()), iso(val_t.max())] if len(val_t) else None,
         "config": cfg.model_dump(),
     }
