@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -320,10 +319,12 @@ def draw_stage(profile: StudyProfile, archive: str, out: Path, progress: Progres
 
 
 def _peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB; Linux reports ``ru_maxrss`` in KiB). Worker
-    processes (the simulation's, the gpu profile's parallel training) are not counted: a forked
-    child reports its parent's pages as its own."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    """This process's peak resident memory so far (MiB, :func:`qpe_core.load_bench.peak_rss_mib`); worker
+    processes (the simulation's, the gpu profile's parallel training) are not counted: a forked child
+    reports its parent's pages as its own."""
+    from qpe_core.load_bench import peak_rss_mib
+
+    return round(peak_rss_mib(), 1)
 
 
 def run_study(profile: StudyProfile, out: str | Path, archive: str | None = None,

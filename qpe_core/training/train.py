@@ -170,8 +170,9 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
     objective = make_objective(cfg.kind, **cfg.objective)
     mean = _frozen_mean(cfg, channels, progress) if getattr(objective, "frozen", ()) else None
     sampler.normalizer = mean.normalizer if mean else _fit_normalizer(sampler, train_t)
+    held_bytes = 0  # training slots held in memory
     if cfg.preload or (cfg.preload is None and fits_in_memory(sampler.preload_bytes(train_t))):
-        sampler.preload(train_t)
+        held_bytes = sampler.preload(train_t)
     in_ch = len(cfg.lags) * (len(channels) + 1)
     objective.set_data_stats(*_fit_target_stats(sampler, train_t))
     raw = build_networks(objective, in_ch, **cfg.backbone).to(device)
@@ -192,9 +193,8 @@ def train(cfg: TrainConfig, progress: Callable[[int, dict], None] | None = None)
         nets = torch.nn.ModuleDict({k: ddp(v, device_ids=[device.index] if device.type == "cuda" else None)
                                     if any(p.requires_grad for p in v.parameters()) else v
                                     for k, v in raw.items()})
-    in_memory = 0 if sampler.memory is None else sum(a.nbytes for a in sampler.memory[1:])
     card = _card(cfg, archive, channels, objective, in_ch, sampler.normalizer, transform, train_t, val_t, raw,
-                 in_memory)
+                 held_bytes)
     if mean:
         card["mean_checkpoint"] = {"path": mean.card["path"], "steps": mean.card.get("steps"),
                                    "validation": mean.card.get("validation"),
